@@ -1,0 +1,1 @@
+"""The `spix` command line (Typer); each subcommand lives in its own module."""

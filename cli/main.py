@@ -1,0 +1,33 @@
+"""The `spix` Typer app: one subcommand per stage of the data flow."""
+
+from __future__ import annotations
+
+import typer
+
+from spix import __version__
+from spix.cli import download, preprocess, toydata
+
+app = typer.Typer(
+    help="spix: semantic per-pixel embeddings trained on SLIC superpixels (ADE20K, Ray, PyTorch).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Stages: make-toy-data -> preprocess -> train -> infer / eval."""
+
+
+app.command("make-toy-data")(toydata.make_toy_data)
+app.command("preprocess")(preprocess.preprocess)
+app.add_typer(download.app, name="download")

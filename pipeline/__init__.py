@@ -1,0 +1,1 @@
+"""Data side of spix: dataset discovery, decoding, SLIC superpixels, Parquet shards."""

@@ -1,0 +1,3 @@
+from spix.cli.main import app
+
+app()

@@ -1,0 +1,42 @@
+"""Shared fixtures: small synthetic datasets and one preprocessed shard folder per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+SPIX = [sys.executable, "-m", "spix"]
+
+
+def run_spix(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process (its own Ray instance), capturing text output."""
+    return subprocess.run(
+        [*SPIX, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kwargs
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 training + 6 validation toy images (sides 96-160), 6 classes."""
+    from spix.pipeline.toydata import make_toy_dataset
+
+    root = tmp_path_factory.mktemp("toy") / "ADEChallengeData2016"
+    make_toy_dataset(root, n_train=12, n_val=6, n_classes=6, seed=3, min_side=96, max_side=160)
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_shards(toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy dataset preprocessed once by the real CLI (150 superpixels, shards of 5)."""
+    out = tmp_path_factory.mktemp("shards") / "shards"
+    result = run_spix(
+        "preprocess", "--data-root", str(toy_root), "--out", str(out),
+        "--num-superpixels", "150", "--images-per-shard", "5", "--num-cpus", "2",
+    )
+    assert result.returncode == 0, result.stderr
+    return out

@@ -1,0 +1,40 @@
+"""The folders map under one `spix` namespace: editable and regular installs both import, and no bare `cli`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import spix.cli
+import spix.pipeline
+import spix.trainer
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = (
+    "import importlib.util, spix.cli.main, spix.pipeline.shards, spix.trainer, spix.configs; "
+    "from spix.cli.config import default_config; assert default_config()['preprocess']['num_superpixels'] == 500; "
+    "assert importlib.util.find_spec('cli') is None and importlib.util.find_spec('pipeline') is None; "
+    "print(spix.cli.main.__file__)"
+)
+
+
+def test_editable_install_maps_the_design_card_folders() -> None:
+    assert Path(spix.cli.__file__).parent == REPO / "cli"
+    assert Path(spix.pipeline.__file__).parent == REPO / "pipeline"
+    assert Path(spix.trainer.__file__).parent == REPO / "trainer"
+
+
+def test_regular_install_imports_from_site_packages(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith((".dist-info", "bin"))) == ["spix"]
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().startswith(str(target / "spix" / "cli"))

@@ -1,0 +1,233 @@
+"""`spix preprocess`: statistics against brute force, the shard format, resume, untidy and broken inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import SPIX, run_spix
+from spix.pipeline.dataset import ImageRecord
+from spix.pipeline.preprocess import PreprocessParams, preprocess_image
+from spix.pipeline.shards import SHARD_SCHEMA, iter_samples, read_manifest, row_to_sample
+from spix.pipeline.superpixels import compute_superpixels
+
+
+def brute_force_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarray) -> dict[str, list]:
+    """Per-superpixel statistics by a plain loop over superpixels (the independent computation)."""
+    stats: dict[str, list] = {"area": [], "label": [], "purity": [], "centroid": [], "mean_rgb": []}
+    for s in range(int(superpixels.max()) + 1):
+        ys, xs = np.nonzero(superpixels == s)
+        values, counts = np.unique(labels[ys, xs], return_counts=True)
+        best = values[counts == counts.max()].min()  # ties -> smallest label id
+        stats["area"].append(len(ys))
+        stats["label"].append(best)
+        stats["purity"].append(counts.max() / len(ys))
+        stats["centroid"].append((ys.mean(), xs.mean()))
+        stats["mean_rgb"].append(rgb[ys, xs].astype(np.float64).mean(axis=0))
+    return stats
+
+
+def test_statistics_match_brute_force(toy_shards: Path) -> None:
+    samples = list(iter_samples(str(toy_shards), "validation"))
+    assert len(samples) == 6
+    for sample in samples:
+        count = len(sample.sp_area)
+        assert sorted(np.unique(sample.superpixels)) == list(range(count)), "ids must be contiguous 0..S-1"
+        assert sample.superpixels.shape == sample.labels.shape == sample.rgb.shape[:2]
+        assert 0.5 * 150 <= count <= 1.2 * 150, f"{count} superpixels for 150 asked"
+        expected = brute_force_stats(sample.superpixels, sample.labels, sample.rgb)
+        np.testing.assert_array_equal(sample.sp_area, expected["area"])
+        np.testing.assert_array_equal(sample.sp_label, expected["label"])
+        np.testing.assert_allclose(sample.sp_purity, expected["purity"], rtol=1e-6)
+        np.testing.assert_allclose(sample.sp_centroid, expected["centroid"], rtol=1e-5)
+        np.testing.assert_allclose(sample.sp_mean_rgb, expected["mean_rgb"], rtol=1e-5)
+
+
+def test_shards_are_plain_parquet_with_parameters(toy_shards: Path, toy_root: Path) -> None:
+    manifest = read_manifest(str(toy_shards))
+    assert manifest["splits"]["training"]["images"] == 12 and manifest["splits"]["validation"]["images"] == 6
+    assert manifest["errors"] == []
+    total = 0
+    for name in manifest["splits"]["training"]["shards"] + manifest["splits"]["validation"]["shards"]:
+        table = pq.read_table(toy_shards / name)  # plain pyarrow, no spix
+        assert table.schema.remove_metadata() == SHARD_SCHEMA
+        meta = json.loads(table.schema.metadata[b"spix"])
+        assert meta["schema_version"] == 1 and meta["params"]["num_superpixels"] == 150
+        assert meta["params"]["num_classes"] == 6
+        frame = table.to_pandas()
+        total += len(frame)
+        row = frame.iloc[0].to_dict()
+        original = (toy_root / row["source_path"]).read_bytes()
+        assert row["image"] == original, "unresized images keep their original bytes"
+        sample = row_to_sample(row)
+        assert sample.superpixels.shape == (row["height"], row["width"])
+    assert total == 18
+
+
+def test_max_side_resizes_image_and_labels_nearest() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(1, 5, dtype=np.uint8), 50)[None, :].repeat(120, axis=0)
+    record = ImageRecord("x", "training", "images/training/x.png", "annotations/training/x.png")
+    row = preprocess_image(png(rgb), png(labels), record, PreprocessParams(num_superpixels=50, max_side=64, num_classes=4))
+    assert (row["height"], row["width"], row["orig_height"], row["orig_width"]) == (38, 64, 120, 200)
+    sample = row_to_sample(row)
+    assert set(np.unique(sample.labels)) <= {1, 2, 3, 4}, "nearest-neighbour labels invent no values"
+    assert sample.rgb.shape == (38, 64, 3) and row["image_format"] == "jpeg"
+    np.testing.assert_array_equal(np.sort(np.unique(sample.superpixels)), np.arange(row["num_superpixels"]))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (5, 4), (16, 16), (7, 300), (300, 7)])
+def test_tiny_images_get_fewer_superpixels_not_a_crash(shape: tuple[int, int]) -> None:
+    # In a child process: a fast-slic SIGFPE would otherwise kill the test runner itself.
+    code = (
+        "import numpy as np; from spix.pipeline.superpixels import compute_superpixels; "
+        f"m = compute_superpixels(np.random.default_rng(0).integers(0, 255, {shape + (3,)}, dtype=np.uint8), 500, 10); "
+        "assert m.shape == " + repr(shape) + "; assert m.max() + 1 == len(np.unique(m)); print(m.max() + 1)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 1 <= int(result.stdout) <= max(1, shape[0] * shape[1] // 4)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+
+
+def write_untidy_dataset(root: Path) -> tuple[set[str], dict[str, str]]:
+    """Valid-but-unusual images (expected processed) and broken ones (expected skipped, with a reason word)."""
+    rng = np.random.default_rng(1)
+    images, annotations = root / "images" / "training", root / "annotations" / "training"
+    (root / "images" / "validation").mkdir(parents=True)
+    (root / "annotations" / "validation").mkdir(parents=True)
+    rgb = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, (60, 80), dtype=np.uint8)
+    good = {
+        "gray.jpg": Image.fromarray(rgb[:, :, 0]),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "sixteen.png": Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)),
+        "UPPER.JPG": Image.fromarray(rgb),
+        "with space é.jpg": Image.fromarray(rgb),
+        "tiny.jpg": Image.fromarray(rgb[:3, :4]),
+    }
+    for name, image in good.items():
+        save(image, images / name)
+        label = labels[:3, :4] if name == "tiny.jpg" else labels
+        save(Image.fromarray(label), annotations / (Path(name).stem + ".png"))
+    save(Image.fromarray(rgb), images / "overflow.jpg")
+    save(Image.fromarray(np.where(labels == 3, 200, labels).astype(np.uint8)), annotations / "overflow.png")
+    full = io.BytesIO()
+    Image.fromarray(rgb).save(full, format="JPEG")
+    broken = {
+        "truncated.jpg": full.getvalue()[: len(full.getvalue()) // 2],
+        "zero.jpg": b"",
+        "text.jpg": b"this is not an image at all\n" * 10,
+    }
+    for name, data in broken.items():
+        (images / name).write_bytes(data)
+        save(Image.fromarray(labels), annotations / (Path(name).stem + ".png"))
+    save(Image.fromarray(rgb), images / "no_annotation.jpg")
+    save(Image.fromarray(rgb), images / "mismatch.jpg")
+    save(Image.fromarray(labels[:30]), annotations / "mismatch.png")
+    (root / "objectInfo150.csv").write_text(
+        "Idx,Ratio,Train,Val,Name\n" + "".join(f"{i},0.1,1,1,c{i}\n" for i in range(1, 4))
+    )
+    reasons = {"truncated.jpg": "decode", "zero.jpg": "empty", "text.jpg": "not an image",
+               "no_annotation.jpg": "missing annotation", "mismatch.jpg": "annotation is 80x30"}
+    return set(good) | {"overflow.jpg"}, reasons
+
+
+def test_untidy_and_broken_inputs(tmp_path: Path) -> None:
+    root = tmp_path / "ADEChallengeData2016"
+    good, reasons = write_untidy_dataset(root)
+    out = tmp_path / "shards"
+    result = run_spix("preprocess", "--data-root", str(root), "--out", str(out), "--num-superpixels", "40",
+                      "--images-per-shard", "4", "--num-cpus", "2")
+    assert result.returncode == 0, result.stderr
+    assert f"skipped: {len(reasons)}" in result.stdout
+    manifest = read_manifest(str(out))
+    skipped = {Path(e["path"]).name: e["reason"] for e in manifest["errors"]}
+    assert set(skipped) == set(reasons)
+    for name, word in reasons.items():
+        assert word in skipped[name], (name, skipped[name])
+    processed = {s.image_id for s in iter_samples(str(out), "training")}
+    assert processed == {Path(n).stem for n in good}
+    assert [Path(w["path"]).name for w in manifest["warnings"]] == ["overflow.jpg"]
+    for sample in iter_samples(str(out), "training"):
+        assert sample.rgb.dtype == np.uint8 and sample.rgb.shape[2] == 3
+        assert sample.labels.max() <= 3, "label values above the class count become 0"
+        if sample.image_id == "tiny":
+            assert sample.rgb.shape == (3, 4, 3) and len(sample.sp_area) <= 3
+    strict = run_spix("preprocess", "--data-root", str(root), "--out", str(out), "--num-superpixels", "40",
+                      "--images-per-shard", "4", "--strict")
+    assert strict.returncode == 1 and "--strict" in strict.stderr
+
+
+def test_nothing_succeeded_exits_1_and_bad_root_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "ADE"
+    for kind in ("images", "annotations"):
+        for split in ("training", "validation"):
+            (root / kind / split).mkdir(parents=True)
+    (root / "images" / "training" / "a.jpg").write_bytes(b"")
+    result = run_spix("preprocess", "--data-root", str(root), "--out", str(tmp_path / "s"), "--num-cpus", "1")
+    assert result.returncode == 1 and "no image could be preprocessed" in result.stderr
+    missing = run_spix("preprocess", "--data-root", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2"))
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and "Traceback" not in missing.stderr
+    assert "not an ADEChallengeData2016 folder" in missing.stderr
+
+
+def test_resume_after_kill_processes_every_image_once(toy_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    args = [*SPIX, "preprocess", "--data-root", str(toy_root), "--out", str(out), "--num-superpixels", "100",
+            "--images-per-shard", "1", "--num-cpus", "1"]
+    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.parquet"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver, its Ray processes and workers
+    process.wait()
+    finished_before = len(list(out.glob("*.parquet")))
+    assert 3 <= finished_before < 18, "the kill must land mid-run"
+    assert not (out / "manifest.json").exists()
+    result = run_spix(*args[3:])
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(str(out))
+    assert manifest["shards_reused"] >= finished_before
+    ids = [s.image_id for split in ("training", "validation") for s in iter_samples(str(out), split)]
+    assert len(ids) == len(set(ids)) == 18
+    assert not (out / "_partial").exists()
+
+
+def test_help_of_every_command() -> None:
+    import typer.main
+
+    from spix.cli.main import app
+
+    top = subprocess.run([*SPIX, "--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and "preprocess" in top.stdout
+    commands = sorted(typer.main.get_command(app).commands)
+    assert {"preprocess", "make-toy-data"} <= set(commands)
+    for command in commands:
+        result = subprocess.run([*SPIX, command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "Usage" in result.stdout, command

@@ -1,0 +1,1 @@
+"""Training side of spix: model, superpixel pooling, losses, training loop, checkpoints, metrics."""
