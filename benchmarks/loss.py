@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pooling import random_superpixel_batch, random_voronoi_map
+from pooling import random_superpixel_batch, random_voronoi_map  # sibling script (benchmarks/pooling.py)
 from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.model import build_model, normalize_images
 from spix.trainer.pooling import superpixel_pool
@@ -67,8 +67,15 @@ def random_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     return {key: value.to(args.device) for key, value in batch.items()}
 
 
-def training_step(model, optimizer, batch: dict[str, torch.Tensor], loss_name: str, generator, bf16: bool) -> float:
-    """forward + loss + backward + optimizer step; the loss value."""
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    loss_name: str,
+    generator: torch.Generator,
+    bf16: bool,
+) -> float:
+    """forward + loss + backward + optimizer step; loss_name is "superpixel" or a pixel sample count."""
     optimizer.zero_grad(set_to_none=True)
     device_type = batch["images"].device.type
     with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
@@ -138,7 +145,8 @@ def launch(configuration: str, argv: list[str]) -> dict[str, float] | str:
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", configuration]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        return f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:] or ''}"
+        last_line = (done.stderr.strip().splitlines() or [""])[-1]
+        return f"failed (exit {done.returncode}): {last_line}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -169,7 +177,7 @@ def main() -> None:
     results: dict[str, dict[str, float] | str] = {"superpixel": launch("superpixel", argv)}
     bytes_per_pair = FIRST_BYTES_PER_PAIR
     for samples in sorted(args.samples):
-        pairs = args.batch * samples**2
+        pairs = args.batch * min(samples, args.size**2) ** 2
         needed, available = 1.2 * bytes_per_pair * pairs, free_bytes(torch.device(args.device))
         if needed > 0.8 * available:
             result = f"skipped: needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB free"

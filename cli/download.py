@@ -26,9 +26,25 @@ def _check_sha256(value: str | None) -> str | None:
     return value
 
 
+def _bytes_bar(console: Console) -> Progress:
+    """A byte-counting bar on stderr that vanishes when done; logs and pipes get the notes only."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
 @app.command("ade20k")
 def ade20k(
-    dest: Path = typer.Option(Path("data"), "--dest", help="Folder that receives ADEChallengeData2016/ (and release_test/)."),
+    dest: Path = typer.Option(
+        Path("data"), "--dest", help="Folder that receives ADEChallengeData2016/ (and release_test/)."
+    ),
     with_test: bool = typer.Option(False, "--with-test", help="Also fetch release_test.zip (test images, no labels)."),
     url: str | None = typer.Option(
         None,
@@ -38,10 +54,14 @@ def ade20k(
         "holding it. release_test.zip is taken from next to it.",
     ),
     sha256: str | None = typer.Option(
-        None, "--sha256", callback=_check_sha256, help="Expected sha256 of ADEChallengeData2016.zip (checked when given)."
+        None, "--sha256", callback=_check_sha256, help="Expected sha256 of ADEChallengeData2016.zip (checked if given)."
     ),
-    retries: int = typer.Option(5, "--retries", min=0, help="Retries of a dropped connection, with exponential backoff."),
-    timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds without data before a connection counts as dropped."),
+    retries: int = typer.Option(
+        5, "--retries", min=0, help="Retries of a dropped connection, with exponential backoff."
+    ),
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=1.0, help="Seconds without data before a connection counts as dropped."
+    ),
     keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the .zip after unpacking it."),
 ) -> None:
     """Download ADEChallengeData2016.zip, resume it if interrupted, verify it and unpack it into DEST.
@@ -51,15 +71,7 @@ def ade20k(
     console = Console(stderr=True)
     try:
         for archive, address in archive_urls(url, with_test):
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
+            with _bytes_bar(console) as bar:
                 task = bar.add_task(archive.file_name, total=None)
                 fetched = fetch_and_unpack(
                     archive,
@@ -73,7 +85,7 @@ def ade20k(
                     note=typer.echo,
                 )
             where = dest / archive.folder
-            typer.echo(f"unpacked {archive.file_name} into {where}" if fetched else f"{where} is already there; nothing to do")
+            typer.echo(f"unpacked {archive.file_name} into {where}" if fetched else f"{where} is already there")
     except (DownloadError, OSError) as exc:  # OSError: DEST not writable, disk full, ...
         fail(str(exc))
     except KeyboardInterrupt:

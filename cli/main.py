@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from spix import __version__
-from spix.cli import download, preprocess, toydata
+from spix.cli import download, evaluate, infer, preprocess, toydata, train
 
 app = typer.Typer(
     help="spix: semantic per-pixel embeddings trained on SLIC superpixels (ADE20K, Ray, PyTorch).",
@@ -31,3 +31,6 @@ def main(
 app.command("make-toy-data")(toydata.make_toy_data)
 app.command("preprocess")(preprocess.preprocess)
 app.add_typer(download.app, name="download")
+app.command("train")(train.train)
+app.command("infer")(infer.infer)
+app.command("eval")(evaluate.evaluate)

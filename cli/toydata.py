@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from spix.cli.config import resolve
+from spix.cli.ui import fail
 
 
 def make_toy_data(
@@ -33,13 +34,16 @@ def make_toy_data(
     )
     if s["classes"] < 2 or s["min_side"] < 8 or s["min_side"] > s["max_side"]:
         raise typer.BadParameter("need --classes >= 2 and 8 <= --min-side <= --max-side")
-    make_toy_dataset(
-        out,
-        n_train=s["train"],
-        n_val=s["val"],
-        n_classes=s["classes"],
-        seed=s["seed"],
-        min_side=s["min_side"],
-        max_side=s["max_side"],
-    )
+    try:
+        make_toy_dataset(
+            out,
+            n_train=s["train"],
+            n_val=s["val"],
+            n_classes=s["classes"],
+            seed=s["seed"],
+            min_side=s["min_side"],
+            max_side=s["max_side"],
+        )
+    except (FileExistsError, ValueError) as exc:
+        fail(str(exc))
     typer.echo(f"wrote {s['train']} training and {s['val']} validation images with {s['classes']} classes to {out}")

@@ -70,11 +70,12 @@ def list_split(root: Path, split: str) -> list[ImageRecord]:
 
 
 def read_class_names(root: Path) -> list[str]:
-    """Class names 1..K from objectInfo150.csv; ADE's 150 anonymous names when it is absent."""
-    info = root / "objectInfo150.csv"
-    if not info.is_file():
-        return [f"class{i}" for i in range(1, ADE_NUM_CLASSES + 1)]
-    with info.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    rows.sort(key=lambda row: int(row["Idx"]))
-    return [row["Name"] for row in rows]
+    """Class names 1..K from objectInfo150.csv (or ADE's tab-separated objectInfo150.txt); 150 anonymous names without either."""
+    for name, delimiter in (("objectInfo150.csv", ","), ("objectInfo150.txt", "\t")):
+        info = root / name
+        if info.is_file():
+            with info.open(newline="", encoding="utf-8") as handle:
+                rows = [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(handle, delimiter=delimiter)]
+            rows.sort(key=lambda row: int(row["Idx"]))
+            return [row["Name"] for row in rows]
+    return [f"class{i}" for i in range(1, ADE_NUM_CLASSES + 1)]

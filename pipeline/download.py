@@ -112,6 +112,8 @@ def fetch_and_unpack(
         if not problems:
             return False
         raise DownloadError(f"{target} exists but is incomplete ({'; '.join(problems)}); move it away and run again")
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest} exists and is not a folder")
     dest.mkdir(parents=True, exist_ok=True)
     zip_path = dest / archive.file_name
     if zip_path.exists():
@@ -203,9 +205,10 @@ def _fetch_once(url: str, part: Path, timeout_s: float, progress: Progress, note
 
 def _read_chunk(response: http.client.HTTPResponse, done: int, total: int | None) -> bytes:
     try:
-        return response.read(CHUNK_BYTES)
+        return response.read1(CHUNK_BYTES)  # what has arrived, so a stall loses nothing already received
     except (OSError, http.client.HTTPException) as exc:
-        raise _Retryable(f"connection dropped after {done} of {total or '?'} bytes ({str(exc) or type(exc).__name__})") from None
+        reason = str(exc) or type(exc).__name__
+        raise _Retryable(f"connection dropped after {done} of {total or '?'} bytes ({reason})") from None
 
 
 def _resume_point(response: http.client.HTTPResponse, part: Path, offset: int, note: Note) -> tuple[int, int | None]:

@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -51,6 +51,19 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return to_rgb(open_image(data))
 
 
+def decode_rgb_oriented(data: bytes) -> np.ndarray:
+    """Like decode_rgb, but turned upright by the EXIF orientation tag (photos for inference).
+
+    A broken EXIF block only costs the rotation, not the image.
+    """
+    image = open_image(data)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
+        pass
+    return to_rgb(image)
+
+
 def decode_labels(data: bytes) -> np.ndarray:
     """Annotation bytes -> H x W integer label map; a colour annotation is a broken input."""
     image = open_image(data)
@@ -73,13 +86,20 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def resize_to_max_side(rgb: np.ndarray, labels: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shrink so the longest side is at most `max_side`: image with antialiasing, labels nearest."""
-    height, width = labels.shape
+def shrink_to_max_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The image with antialiasing, shrunk so the longest side is at most `max_side` (0 = unchanged)."""
+    height, width = rgb.shape[:2]
     scale = max_side / max(height, width)
     if max_side <= 0 or scale >= 1:
-        return rgb, labels
+        return rgb
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small_rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
-    small_labels = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
-    return small_rgb, small_labels
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def resize_to_max_side(rgb: np.ndarray, labels: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink so the longest side is at most `max_side`: image with antialiasing, labels nearest."""
+    small_rgb = shrink_to_max_side(rgb, max_side)
+    if small_rgb is rgb:
+        return rgb, labels
+    size = (small_rgb.shape[1], small_rgb.shape[0])
+    return small_rgb, np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))

@@ -354,7 +354,8 @@ def run_preprocess(
     check_layout(data_root, splits)
     data_root = data_root.resolve()  # Ray workers do not share the driver's working directory
     out_uri = out_uri if "://" in out_uri else str(Path(out_uri).resolve())
-    params = PreprocessParams(**{**params.as_dict(), "num_classes": len(read_class_names(data_root))})
+    class_names = read_class_names(data_root)
+    params = PreprocessParams(**{**params.as_dict(), "num_classes": len(class_names)})
     plans = plan_shards(data_root, splits, images_per_shard)
     fs, out = prepare_output(out_uri, overwrite)
     done = {p.name: r for p in plans if (r := finished_shard(fs, out, p, params)) is not None}
@@ -374,6 +375,6 @@ def run_preprocess(
         "inputs_processed": processed,
         "images_per_s": processed / (end - work_start) if processed else 0.0,
     }
-    manifest = build_manifest(plans, results, params, timings)
+    manifest = {**build_manifest(plans, results, params, timings), "class_names": class_names}
     write_manifest(fs, out, manifest)
     return manifest

@@ -210,13 +210,17 @@ def stack_pairs(values: Any, width: int) -> np.ndarray:
     return np.asarray(list(values), dtype=np.float32).reshape(-1, width)
 
 
-def iter_samples(shards_uri: str, split: str) -> Iterator[Sample]:
-    """Every sample of a split, shard by shard, row group by row group (bounded memory)."""
+def iter_rows(shards_uri: str, split: str) -> Iterator[dict[str, Any]]:
+    """Every row of a split as a dict, shard by shard, row group by row group (bounded memory)."""
     fs, _ = filesystem_and_path(shards_uri)
     for path in shard_paths(shards_uri, split):
         _, local = filesystem_and_path(path)
         with fs.open_input_file(local) as handle:
             parquet = pq.ParquetFile(handle)
             for group in range(parquet.num_row_groups):
-                for row in parquet.read_row_group(group).to_pylist():
-                    yield row_to_sample(row)
+                yield from parquet.read_row_group(group).to_pylist()
+
+
+def iter_samples(shards_uri: str, split: str) -> Iterator[Sample]:
+    """Every sample of a split as numpy arrays."""
+    return map(row_to_sample, iter_rows(shards_uri, split))

@@ -75,21 +75,30 @@ class SuperpixelStats:
     mean_rgb: np.ndarray  # (S, 3) float32 in 0..255
 
 
-def superpixel_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarray, num_labels: int) -> SuperpixelStats:
-    """Area, majority label, purity, centroid and mean colour of every superpixel via bincount."""
+def majority_labels(superpixels: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Majority label (ties -> smallest id), its purity and the area of every superpixel, via one bincount."""
     flat = superpixels.ravel().astype(np.intp)
     count = int(flat.max()) + 1
-    area = np.bincount(flat, minlength=count)
     votes = np.bincount(flat * num_labels + labels.ravel(), minlength=count * num_labels).reshape(count, num_labels)
+    area = votes.sum(axis=1)
     majority = votes.argmax(axis=1)
+    purity = votes[np.arange(count), majority] / np.maximum(area, 1)
+    return majority.astype(np.uint8), purity.astype(np.float32), area
+
+
+def superpixel_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarray, num_labels: int) -> SuperpixelStats:
+    """Area, majority label, purity, centroid and mean colour of every superpixel via bincount."""
+    majority, purity, area = majority_labels(superpixels, labels, num_labels)
+    flat = superpixels.ravel().astype(np.intp)
+    count = len(area)
     rows, cols = np.divmod(np.arange(flat.size), superpixels.shape[1])
     centroid = np.stack([np.bincount(flat, rows, count), np.bincount(flat, cols, count)], axis=1) / area[:, None]
     colour = rgb.reshape(-1, 3)
     mean_rgb = np.stack([np.bincount(flat, colour[:, c], count) for c in range(3)], axis=1) / area[:, None]
     return SuperpixelStats(
         area=area.astype(np.int32),
-        label=majority.astype(np.uint8),
-        purity=(votes[np.arange(count), majority] / area).astype(np.float32),
+        label=majority,
+        purity=purity,
         centroid=centroid.astype(np.float32),
         mean_rgb=mean_rgb.astype(np.float32),
     )

@@ -48,10 +48,8 @@ class TextureClass:
 
     @property
     def name(self) -> str:
-        if self.family in ("noise", "gradient"):
+        if self.family in ("noise", "gradient", "rings"):  # no class angle
             return f"{self.family}_p{self.period:g}"
-        if self.family == "rings":
-            return f"rings_p{self.period:g}"
         return f"{self.family}_{self.angle:g}deg_p{self.period:g}"
 
 

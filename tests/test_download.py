@@ -149,7 +149,8 @@ def server():
 
 
 def fetch(server: Server, dest: Path, **kwargs) -> bool:
-    return fetch_and_unpack(ADE20K, server.url("/ADEChallengeData2016.zip"), dest, backoff_s=0.01, timeout_s=5, **kwargs)
+    url = server.url("/ADEChallengeData2016.zip")
+    return fetch_and_unpack(ADE20K, url, dest, backoff_s=0.01, timeout_s=5, **kwargs)
 
 
 def assert_unpacked(dest: Path, members: dict[str, bytes], under: str = "") -> None:
@@ -349,7 +350,7 @@ def test_cli_downloads_then_does_nothing_the_second_time(server: Server, tmp_pat
     assert first.exit_code == 0, first.output
     assert_unpacked(tmp_path, members)
     second = run_cli("--dest", str(tmp_path), "--url", url)
-    assert second.exit_code == 0 and "already there" in second.stdout
+    assert second.exit_code == 0 and f"{tmp_path / TOP} is already there" in second.stdout
     assert len(server.requests) == 1
 
 
@@ -357,7 +358,8 @@ def test_cli_with_test_archive_from_env_folder_url(server: Server, tmp_path: Pat
     server.files["/ade/ADEChallengeData2016.zip"] = make_zip(ade_members())
     test_image = _png_bytes(np.zeros((8, 8, 3), np.uint8), "JPEG")
     server.files["/ade/release_test.zip"] = make_zip({"release_test/testing/ADE_test_1.jpg": test_image})
-    result = run_cli("--dest", str(tmp_path), "--with-test", "--keep-archive", env={"SPIX_ADE20K_URL": server.url("/ade/")})
+    env = {"SPIX_ADE20K_URL": server.url("/ade/")}
+    result = run_cli("--dest", str(tmp_path), "--with-test", "--keep-archive", env=env)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "release_test" / "testing" / "ADE_test_1.jpg").read_bytes() == test_image
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

@@ -23,7 +23,9 @@ def make_batch(dim: int = 5, height: int = 9, width: int = 11) -> tuple[torch.Te
     return features, torch.stack(maps), torch.tensor(COUNTS)
 
 
-def naive_pool(features: torch.Tensor, superpixels: torch.Tensor, counts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def naive_pool(
+    features: torch.Tensor, superpixels: torch.Tensor, counts: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     f, sp = features.double().numpy(), superpixels.numpy()
     pooled = np.zeros((len(counts), int(counts.max()), f.shape[1]))
     present = np.zeros(pooled.shape[:2], dtype=bool)

@@ -95,7 +95,7 @@ def block_means(rgb: np.ndarray, block: int = 4) -> np.ndarray:
 
 def test_label_maps_are_the_drawn_partition(small: Path) -> None:
     rng = np.random.default_rng(0)
-    for split, count in (("training", 14), ("validation", 6)):
+    for split in ("training", "validation"):
         for index, (rgb, label) in enumerate(read_split(small, split)):
             sample = draw_sample(sample_rng(SMALL["seed"], split, index), K, 64, 128)
             # the PNG holds exactly the drawn labels, and the JPEG is the drawn picture: its 4x4 block
@@ -112,7 +112,7 @@ def test_label_maps_are_the_drawn_partition(small: Path) -> None:
             )
             # every region is one blob holding its seed's neighbourhood, not scattered pixels
             for r in range(n_regions):
-                blobs, n_blobs = ndimage.label(sample.regions == r)
+                blobs, _ = ndimage.label(sample.regions == r)
                 largest = np.bincount(blobs.ravel())[1:].max()
                 assert largest >= 0.99 * (sample.regions == r).sum()
 
@@ -180,5 +180,7 @@ def test_classes_differ_by_texture_not_by_colour(tmp_path: Path) -> None:
     colour_acc = nearest_centroid_accuracy(np.concatenate(colours), classes, groups)
     texture_acc = nearest_centroid_accuracy(np.concatenate(textures), classes, groups)
     print(f"regions={len(classes)} colour accuracy={colour_acc:.3f} texture accuracy={texture_acc:.3f}")
+    # Measured over seeds 1, 2, 3, 11: colour 0.11-0.16 (chance 1/K = 0.125; one standard error at
+    # ~230 regions is 0.022, so 2/K is 5 errors above chance); texture 0.69-0.76.
     assert colour_acc < 2.0 / K
-    assert texture_acc > 0.6
+    assert texture_acc > 0.5

@@ -73,9 +73,14 @@ def pair_auc(
         scores.append(s)
         same.append(p)
     all_same = np.concatenate(same) if same else np.zeros(0, dtype=bool)
-    if all_same.all() or not all_same.any():
+    return pair_scores_auc(np.concatenate(scores) if scores else np.zeros(0), all_same)
+
+
+def pair_scores_auc(scores: np.ndarray, same: np.ndarray) -> float:
+    """ROC-AUC of pair scores against same-label flags; nan when one kind of pair is missing."""
+    if same.all() or not same.any():
         return float("nan")
-    return float(roc_auc_score(all_same, np.concatenate(scores)))
+    return float(roc_auc_score(same, scores))
 
 
 # ----------------------------------------------------------------------------- superpixel labels

@@ -15,6 +15,10 @@ PRESETS: dict[str, tuple[int, int, int]] = {"paper": (64, 128, 256), "tiny": (8,
 
 # ImageNet statistics: the usual input scaling for a CNN trained on natural images.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
+# The head's BN starts at this scale instead of 1. With unit-variance 128-D embeddings two superpixels
+# are ~2 x 128 apart (squared), far past the loss's clamp at 50 where every pair's gradient is zero;
+# at 0.1 they start near d ~ 1, where both the pull and the push terms of the loss are active.
+HEAD_INIT_SCALE = 0.1
 IMAGE_STD = (0.229, 0.224, 0.225)
 
 
@@ -74,6 +78,7 @@ class FeatureExtractor(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(c1 + c2 + c3, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim)
         )
+        nn.init.constant_(self.head[1].weight, HEAD_INIT_SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -102,7 +107,8 @@ def normalize_images(images_uint8: torch.Tensor) -> torch.Tensor:
     The result is a permuted view of an NHWC buffer, i.e. already in channels_last memory format.
     """
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
-        raise ValueError(f"expected a (B, H, W, 3) uint8 tensor, got {images_uint8.dtype} {tuple(images_uint8.shape)}")
+        shape = tuple(images_uint8.shape)
+        raise ValueError(f"expected a (B, H, W, 3) uint8 tensor, got {images_uint8.dtype} {shape}")
     mean = torch.tensor(IMAGE_MEAN, device=images_uint8.device)
     std = torch.tensor(IMAGE_STD, device=images_uint8.device)
     scaled = (images_uint8.float() / 255.0 - mean) / std

@@ -1,0 +1,166 @@
+"""Pixel-sampled vs superpixel metric learning on the same toy data and wall-clock budget, scored by `spix eval`.
+
+    python benchmarks/pixel_vs_superpixel.py [--work DIR] [--budget 300] [--train 64] [--val 16]
+        [--min-side 256] [--max-side 512] [--superpixels 500] [--crop 224] [--batch-size 4]
+        [--pixel-samples 1024] [--lr 1e-3] [--seed 0] [--device cpu|cuda]
+
+1. WORK/ADEChallengeData2016 (`spix make-toy-data`) and WORK/shards (`spix preprocess`), unless
+   WORK/shards/manifest.json is already there;
+2. for each loss, a fresh interpreter trains a `tiny` model (train_without_ray, the same seed,
+   data, crops and optimiser) until --budget seconds of training have passed and writes
+   WORK/runs/<loss>/model.pt + model.json;
+3. `spix eval` on each run (WORK/runs/<loss>/eval);
+4. one table, printed and written to WORK/comparison.md.
+
+Columns: steps done in the budget; seconds per step (training wall time / steps, crop decoding
+included, which is the same work for both losses); peak memory: on CPU the resident-set
+high-water mark (Linux VmHWM) of the training process, reset just before training and counted
+above the resident set at that moment (imports and the model excluded; data rows, activations,
+gradients and the loss's pair matrices included); on CUDA torch.cuda.max_memory_allocated
+(tensors only). Then the validation metrics of `spix eval`; the untrained network and the colour
+baseline are the same for both runs (same seed, same data) and are printed once, with ASA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from loss import resident_high_water_mark, resident_now  # sibling script (benchmarks/loss.py)
+
+LOSSES = ("superpixel", "pixel")
+SPIX = [sys.executable, "-m", "spix"]
+COLUMNS = ("steps", "s/step", "peak MiB", "pair AUC", "pixel acc", "mIoU", "ARI")
+
+
+def parse_arguments() -> argparse.Namespace:
+    gpu = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("bench_pixel_vs_superpixel"))
+    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per loss")
+    parser.add_argument("--train", type=int, default=64)
+    parser.add_argument("--val", type=int, default=16)
+    parser.add_argument("--min-side", type=int, default=256)
+    parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--superpixels", type=int, default=500)
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--pixel-samples", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if gpu else "cpu")
+    parser.add_argument("--child", choices=LOSSES, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a command; exit with its stderr when it fails."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
+    return done
+
+
+def make_shards(args: argparse.Namespace) -> Path:
+    """Toy data and its shards in WORK (reused when the manifest exists)."""
+    shards = args.work / "shards"
+    if (shards / "manifest.json").is_file():
+        return shards
+    data = args.work / "ADEChallengeData2016"
+    run([*SPIX, "make-toy-data", str(data), "--train", str(args.train), "--val", str(args.val),
+         "--seed", str(args.seed), "--min-side", str(args.min_side), "--max-side", str(args.max_side)])
+    run([*SPIX, "preprocess", "--data-root", str(data), "--out", str(shards), "--num-superpixels", str(args.superpixels)])
+    return shards
+
+
+def train_child(args: argparse.Namespace) -> dict[str, float]:
+    """Child process: train one loss for the budget, save the run, return steps, time and peak memory."""
+    from spix.pipeline.shards import read_manifest
+    from spix.trainer.checkpoint import model_meta, write_final_model
+    from spix.trainer.loop import LossConfig, train_without_ray
+
+    shards = str(args.work / "shards")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+        before = resident_now()
+    loss = LossConfig(name=args.child, pixel_samples=args.pixel_samples)
+    model, counters = train_without_ray(
+        shards, "tiny", epochs=10**9, batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+        loss=loss, time_budget_s=args.budget, device=args.device,
+    )
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident_high_water_mark()
+    manifest = read_manifest(shards)
+    config = {"loss": args.child, "pixel_samples": args.pixel_samples, "crop": args.crop, "batch_size": args.batch_size,
+              "lr": args.lr, "seed": args.seed, "budget_s": args.budget, "steps": counters["steps"]}
+    run_dir = args.work / "runs" / args.child
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_final_model(run_dir, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], config))
+    return {"steps": counters["steps"], "seconds": counters["seconds"], "peak_bytes": peak - before}
+
+
+def train_and_evaluate(args: argparse.Namespace, loss: str) -> tuple[dict[str, float], dict]:
+    """Training counters of one loss (fresh interpreter) and its `spix eval` metrics.json."""
+    done = run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--child", loss])
+    counters = json.loads(done.stdout.strip().splitlines()[-1])
+    run_dir = args.work / "runs" / loss
+    run([*SPIX, "eval", "--shards", str(args.work / "shards"), "--checkpoint", str(run_dir), "--device", args.device,
+         "--seed", str(args.seed)])
+    return counters, json.loads((run_dir / "eval" / "metrics.json").read_text())
+
+
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def table_rows(results: dict[str, tuple[dict[str, float], dict]]) -> list[list[str]]:
+    """One row per loss, then the untrained network and the colour baseline (metrics only)."""
+    rows = []
+    for loss, (counters, metrics) in results.items():
+        trained = metrics["feature_sets"]["trained"]
+        rows.append([
+            f"{loss} loss", str(counters["steps"]), f"{counters['seconds'] / max(counters['steps'], 1):.3f}",
+            f"{counters['peak_bytes'] / 2**20:.0f}",
+            *(number(trained[key]) for key in ("pair_auc", "pixel_accuracy", "miou", "ari")),
+        ])
+    metrics = next(iter(results.values()))[1]
+    for name, title in (("untrained", "untrained network"), ("baseline", "colour + position")):
+        scores = metrics["feature_sets"][name]
+        rows.append([title, "", "", "", *(number(scores[key]) for key in ("pair_auc", "pixel_accuracy", "miou", "ari"))])
+    return rows
+
+
+def markdown(rows: list[list[str]], asa: float | None, header: str) -> str:
+    lines = [header, "", "| run | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines + ["", f"ASA (ceiling of pixel accuracy): {number(asa)}", ""])
+
+
+def main() -> None:
+    args = parse_arguments()
+    if args.child:
+        print(json.dumps(train_child(args)))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    shards = make_shards(args)
+    results = {loss: train_and_evaluate(args, loss) for loss in LOSSES}
+    header = (
+        f"device={args.device} torch threads={torch.get_num_threads()} budget={args.budget:.0f}s/loss "
+        f"crop={args.crop} batch={args.batch_size} pixel samples={args.pixel_samples} lr={args.lr} seed={args.seed} "
+        f"shards={shards}"
+    )
+    text = markdown(table_rows(results), next(iter(results.values()))[1]["asa"], header)
+    (args.work / "comparison.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""`spix infer`: outputs vs in-process recomputation, soft layers vs ground truth, broken inputs, re-runs, 2 nodes."""
+
+from __future__ import annotations
+
+import html.parser
+import io
+import json
+import shutil
+import textwrap
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import run_spix
+from spix.pipeline.imageio import decode_rgb
+from spix.pipeline.infer import (
+    actor_layout,
+    default_out,
+    embed_images,
+    list_inputs,
+    output_files,
+    output_names,
+    read_embeddings,
+)
+from spix.pipeline.shards import iter_samples, read_manifest
+from spix.pipeline.superpixels import compute_superpixels
+from spix.trainer.checkpoint import load_model, model_meta, write_final_model
+from spix.trainer.loop import embed_superpixels, train_without_ray
+from spix.trainer.metrics import LinearProbe, paint_superpixels
+from spix.trainer.model import build_model
+
+# Mean ARI of the soft layers' argmax vs the toy ground truth (labelled pixels, 6 validation images, K = 5).
+# Measured with tiny models trained 8 epochs (24 steps) on the 12 toy training images: 0.38 (seed 0),
+# 0.41, 0.44, 0.25 (seeds 1-3); an untrained tiny model scores 0.24-0.35 (the toy regions differ in colour
+# too), and the same layers with superpixel embeddings shuffled within the image score about 0. Chance is
+# 0 by construction of the ARI. 0.15 sits well above chance and the shuffled control and well below every
+# trained run measured.
+ARI_THRESHOLD = 0.15
+K = 5
+MAX_SIDE = 256
+
+
+# ----------------------------------------------------------------------------- unit tests (no Ray)
+
+
+def test_output_names_are_flat_unique_and_stable() -> None:
+    relpaths = ["a/x.png", "b/x.png", "a__x.png", "deep/é dir/photo #1.jpg", "x" * 300 + ".jpg", "a/b/c.jpg", "a__b/c.jpg"]
+    names = output_names(relpaths)
+    assert len(set(names.values())) == len(relpaths)
+    assert all("/" not in n and len(n.encode()) <= 200 for n in names.values())
+    assert names["a__x.png"] == "a__x.png" and names["a/x.png"] != "a__x.png", "the top-level file keeps its name"
+    assert names["deep/é dir/photo #1.jpg"] == "deep__é dir__photo #1.jpg"
+    assert names == output_names(list(reversed(relpaths))), "names do not depend on the order of the listing"
+
+
+def test_inputs_are_listed_recursively_without_the_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    for name in ("a.JPG", "sub/b.png", "sub/deeper/c.tiff", "notes.txt", "out/old.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert list_inputs(tmp_path, tmp_path / "out") == (["a.JPG", "sub/b.png", "sub/deeper/c.tiff"], 1)
+    assert default_out(tmp_path / "sub") == tmp_path / "sub_spix"
+
+
+def test_actor_layout_leaves_cpus_for_the_other_stages() -> None:
+    assert actor_layout(cpus=16, gpus=2, use_gpu=True) == (2, 1.0, 1.0)
+    assert actor_layout(cpus=2, gpus=0, use_gpu=False) == (1, 1.0, 0.0)
+    assert actor_layout(cpus=16, gpus=0, use_gpu=False) == (3, 4.0, 0.0)
+    assert actor_layout(cpus=1, gpus=0, use_gpu=False) == (1, 0.5, 0.0)
+
+
+def test_batched_embedding_equals_one_image_at_a_time() -> None:
+    """Images of two sizes in one call: each result equals the single-image path of the trainer."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(40, 52, 3), (33, 20, 3), (40, 52, 3)]]
+    maps = [compute_superpixels(rgb, 30, 10.0) for rgb in images]
+    for max_stack in (None, 1):
+        results = embed_images(model, images, maps, torch.device("cpu"), keep_dense=True, max_stack=max_stack)
+        for rgb, sp, result in zip(images, maps, results):
+            expected = embed_superpixels(model, rgb, sp, torch.device("cpu"))
+            np.testing.assert_allclose(result.embeddings, expected, rtol=1e-4, atol=1e-5)
+            assert result.components.shape == rgb.shape and result.dense.shape == rgb.shape[:2] + (128,)
+
+
+# ----------------------------------------------------------------------------- one real run, shared
+
+
+@pytest.fixture(scope="module")
+def trained_run(toy_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained here (8 epochs, no Ray) and its linear probe in RUN/eval/classifier.npz."""
+    model, _ = train_without_ray(str(toy_shards), preset="tiny", epochs=8, batch_size=4, crop=64, seed=0)
+    manifest = read_manifest(str(toy_shards))
+    run = tmp_path_factory.mktemp("runs") / "run"
+    run.mkdir()
+    write_final_model(run, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], {}))
+    features, labels = [], []
+    for sample in iter_samples(str(toy_shards), "training"):
+        keep = (sample.sp_label > 0) & (sample.sp_purity >= 0.5)
+        features.append(embed_superpixels(model, sample.rgb, sample.superpixels, torch.device("cpu"))[keep])
+        labels.append(sample.sp_label[keep])
+    names = {i + 1: n for i, n in enumerate(manifest["class_names"])}
+    (run / "eval").mkdir()
+    probe = LinearProbe(class_names=names).fit(np.concatenate(features), np.concatenate(labels))
+    probe.save(run / "eval" / "classifier.npz")
+    return run
+
+
+def exif_rotated_jpeg() -> tuple[bytes, np.ndarray]:
+    """A 60 x 40 (w x h) JPEG whose EXIF says 'rotate 90 clockwise to view': upright it is 40 x 60."""
+    upright = np.zeros((60, 40, 3), np.uint8)
+    upright[:30] = (220, 30, 30)  # red top half
+    upright[30:] = (30, 30, 220)  # blue bottom half
+    stored = np.rot90(upright, k=1)  # what a camera held sideways writes
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored)).save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue(), upright
+
+
+def write_input_folder(folder: Path, toy_root: Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Good inputs (relative path -> expected processed (H, W)) and broken ones (relative path -> reason word)."""
+    rng = np.random.default_rng(1)
+    good: dict[str, tuple[int, int]] = {}
+    for path in sorted((toy_root / "images" / "validation").glob("*.jpg")):
+        (folder / "val").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / "val" / path.name)
+        good[f"val/{path.name}"] = decode_rgb(path.read_bytes()).shape[:2]
+    rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    odd = {
+        "odd/gray.jpg": Image.fromarray(rgb[:, :, 0]),
+        "odd/palette.png": Image.fromarray(rgb).convert("P"),
+        "odd/rgba.png": Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])),
+        "odd/cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "odd/sixteen.png": Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257),
+        "odd/UPPER.JPG": Image.fromarray(rgb),
+        "odd/with space é #1.jpg": Image.fromarray(rgb),
+        "odd/photo.webp": Image.fromarray(rgb),
+        "odd/scan.tif": Image.fromarray(rgb),
+        "odd/drawing.bmp": Image.fromarray(rgb),
+        "odd/tiny.png": Image.fromarray(rgb[:3, :4]),
+        "odd/dot.png": Image.fromarray(rgb[:1, :1]),
+        "a/x.png": Image.fromarray(rgb),
+        "b/x.png": Image.fromarray(rgb[::-1]),
+        "a__x.png": Image.fromarray(rgb[:, ::-1]),
+    }
+    for relpath, image in odd.items():
+        (folder / relpath).parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / relpath)
+        good[relpath] = (image.height, image.width)
+    Image.fromarray(rng.integers(0, 255, (300, 700, 3), dtype=np.uint8)).save(folder / "odd" / "huge.png")
+    good["odd/huge.png"] = (110, 256)  # longest side shrunk to --max-side 256
+    rotated, _ = exif_rotated_jpeg()
+    (folder / "odd" / "rotated.jpg").write_bytes(rotated)
+    good["odd/rotated.jpg"] = (60, 40)
+    full = io.BytesIO()
+    Image.fromarray(rgb).save(full, format="JPEG")
+    (folder / "broken").mkdir()
+    (folder / "broken" / "truncated.jpg").write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    (folder / "broken" / "zero.png").write_bytes(b"")
+    (folder / "broken" / "text.jpg").write_bytes(b"not an image\n" * 20)
+    (folder / "broken" / "dangling.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "notes.txt").write_text("not an input")
+    bad = {"broken/truncated.jpg": "decode", "broken/zero.png": "empty", "broken/text.jpg": "not an image",
+           "broken/dangling.jpg": "cannot read"}
+    return good, bad
+
+
+@pytest.fixture(scope="module")
+def infer_run(trained_run: Path, toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`spix infer` once over good, odd and broken files, with --dense and --labels."""
+    base = tmp_path_factory.mktemp("infer")
+    folder = base / "photos"
+    good, bad = write_input_folder(folder, toy_root)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    result = run_spix("infer", str(folder), "--checkpoint", str(trained_run), "--num-cpus", "2",
+                      "--max-side", str(MAX_SIDE), "--soft-layers", str(K), "--dense", "--labels", cwd=base)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before, "nothing written into the input folder"
+    out = base / "photos_spix"
+    return {"result": result, "folder": folder, "out": out, "good": good, "bad": bad, "names": output_names(sorted(good)),
+            "run": trained_run}
+
+
+def test_summary_counts_every_input(infer_run: dict) -> None:
+    stdout = infer_run["result"].stdout
+    good, bad = infer_run["good"], infer_run["bad"]
+    expected = f"images: {len(good) + len(bad)} | done: {len(good)} | already done: 0 | skipped: {len(bad)} | failed: 0"
+    assert expected in stdout
+    assert "images/s" in stdout and "seconds" in stdout
+
+
+def test_broken_inputs_are_one_line_each_in_errors_jsonl(infer_run: dict) -> None:
+    lines = (infer_run["out"] / "errors.jsonl").read_text().splitlines()
+    errors = {e["path"]: e for e in map(json.loads, lines)}
+    assert set(errors) == set(infer_run["bad"]) and len(lines) == len(errors)
+    for path, word in infer_run["bad"].items():
+        assert errors[path]["status"] == "skipped" and word in errors[path]["reason"], errors[path]
+
+
+def test_every_good_input_has_valid_pictures_and_layers(infer_run: dict) -> None:
+    out, names = infer_run["out"], infer_run["names"]
+    for relpath, (height, width) in infer_run["good"].items():
+        files = output_files(out, names[relpath], dense=True, labels=True)
+        assert all(p.is_file() for p in files.values()), relpath
+        with np.load(files["layers"]) as arrays:
+            layers = arrays["layers"]
+        assert layers.shape == (K, height, width) and layers.dtype == np.float32, relpath
+        assert layers.min() >= 0 and layers.max() <= 1
+        np.testing.assert_allclose(layers.sum(axis=0), 1.0, atol=1e-3)
+        for kind in ("features", "soft", "input"):
+            picture = np.asarray(Image.open(files[kind]))
+            assert picture.dtype == np.uint8 and picture.shape == (height, width, 3), (relpath, kind)
+        if relpath.startswith("val/"):
+            assert np.asarray(Image.open(files["features"])).std(axis=(0, 1)).max() > 5, "feature picture is flat"
+
+
+def test_exif_orientation_is_honoured(infer_run: dict) -> None:
+    _, upright = exif_rotated_jpeg()
+    files = output_files(infer_run["out"], infer_run["names"]["odd/rotated.jpg"])
+    processed = np.asarray(Image.open(files["input"])).astype(int)
+    assert processed.shape == upright.shape
+    assert np.abs(processed - upright).mean() < 10, "the image was not turned upright"
+
+
+def test_embeddings_and_dense_match_an_in_process_recomputation(infer_run: dict) -> None:
+    """Parquet rows hold the SLIC map and the trainer's own superpixel embeddings (float16); dense means agree."""
+    model, meta = load_model(infer_run["run"], "cpu")
+    probe = LinearProbe.load(infer_run["run"] / "eval" / "classifier.npz")
+    for relpath in [r for r in infer_run["good"] if r.startswith("val/")]:
+        files = output_files(infer_run["out"], infer_run["names"][relpath], dense=True, labels=True)
+        row = read_embeddings(files["embeddings"])
+        rgb = decode_rgb((infer_run["folder"] / relpath).read_bytes())
+        superpixels = compute_superpixels(rgb, meta["preprocess"]["num_superpixels"], meta["preprocess"]["compactness"])
+        assert row["relative_path"] == relpath and (row["height"], row["width"]) == rgb.shape[:2]
+        np.testing.assert_array_equal(row["superpixels"], superpixels)
+        expected = embed_superpixels(model, rgb, superpixels, torch.device("cpu"))
+        np.testing.assert_allclose(row["embeddings"].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+        dense = np.load(files["dense"])
+        assert dense.shape == rgb.shape[:2] + (128,) and dense.dtype == np.float16
+        flat = superpixels.ravel().astype(np.intp)
+        means = np.stack([np.bincount(flat, dense[..., d].ravel().astype(np.float64)) for d in range(128)], 1)
+        np.testing.assert_allclose(means / np.bincount(flat)[:, None], expected, atol=5e-3)
+        labels = Image.open(files["labels"])
+        assert labels.mode == "P"
+        predicted = paint_superpixels(superpixels, probe.predict(expected))
+        assert (np.asarray(labels) == predicted).mean() > 0.99
+    assert (infer_run["out"] / "labels" / "legend.png").is_file()
+
+
+def test_soft_layers_agree_with_the_ground_truth_well_above_chance(infer_run: dict, toy_root: Path) -> None:
+    aris, shuffled = [], []
+    rng = np.random.default_rng(0)
+    from spix.pipeline.postprocess import smoothing_radius, soft_layers
+
+    for relpath in [r for r in infer_run["good"] if r.startswith("val/")]:
+        files = output_files(infer_run["out"], infer_run["names"][relpath])
+        with np.load(files["layers"]) as arrays:
+            hard = arrays["layers"].argmax(axis=0)
+        gt = np.asarray(Image.open(toy_root / "annotations" / "validation" / Path(relpath).with_suffix(".png").name))
+        labelled = gt > 0
+        aris.append(adjusted_rand_score(gt[labelled], hard[labelled]))
+        row = read_embeddings(files["embeddings"])  # control: the same layers from shuffled embeddings
+        rgb = np.asarray(Image.open(files["input"]))
+        control = soft_layers(rng.permutation(row["embeddings"].astype(np.float64)), row["superpixels"], rgb, K,
+                              smoothing_radius(*rgb.shape[:2]))
+        shuffled.append(adjusted_rand_score(gt[labelled], control.argmax(axis=0)[labelled]))
+    print(f"soft-layer ARI per image {np.round(aris, 3)}, mean {np.mean(aris):.3f}; shuffled {np.mean(shuffled):.3f}")
+    assert np.mean(aris) > ARI_THRESHOLD > np.mean(shuffled)
+
+
+class LinkParser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def test_gallery_links_point_at_files_that_exist(infer_run: dict) -> None:
+    out = infer_run["out"]
+    page = (out / "index.html").read_text()
+    parser = LinkParser()
+    parser.feed(page)
+    targets = {(out / unquote(link)).resolve() for link in parser.links}
+    assert all(t.exists() for t in targets), [str(t) for t in targets if not t.exists()]
+    for relpath in infer_run["good"]:
+        assert (infer_run["folder"] / relpath).resolve() in targets, relpath
+        assert output_files(out, infer_run["names"][relpath])["features"].resolve() in targets
+    assert all(path in page for path in infer_run["bad"]), "the skipped files are listed"
+
+
+def test_rerun_skips_finished_images_and_redoes_missing_outputs(infer_run: dict, trained_run: Path) -> None:
+    out, names = infer_run["out"], infer_run["names"]
+    redo = "val/" + sorted(p.name for p in (infer_run["folder"] / "val").iterdir())[0]
+    output_files(out, names[redo])["layers"].unlink()
+    untouched = output_files(out, names["odd/gray.jpg"], dense=True, labels=True)
+    stamps = {kind: path.stat().st_mtime_ns for kind, path in untouched.items()}
+    result = run_spix("infer", str(infer_run["folder"]), "--checkpoint", str(trained_run), "--num-cpus", "2",
+                      "--max-side", str(MAX_SIDE), "--soft-layers", str(K), "--dense", "--labels")
+    assert result.returncode == 0, result.stderr
+    total = len(infer_run["good"]) + len(infer_run["bad"])
+    counts = f"done: 1 | already done: {len(infer_run['good']) - 1} | skipped: {len(infer_run['bad'])}"
+    assert f"images: {total} | {counts}" in result.stdout
+    assert output_files(out, names[redo])["layers"].is_file()
+    assert {kind: path.stat().st_mtime_ns for kind, path in untouched.items()} == stamps
+    assert not list(out.glob("*/*.partial-*"))
+    changed = run_spix("infer", str(infer_run["folder"]), "--checkpoint", str(trained_run), "--max-side", "128")
+    assert changed.returncode == 1 and "other settings (max_side)" in changed.stderr
+    assert changed.stderr.strip().count("\n") == 0
+
+
+def test_missing_checkpoint_and_empty_folder_are_one_clear_line(tmp_path: Path, trained_run: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "pics").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pics" / "a.png")
+    no_run = run_spix("infer", str(tmp_path / "pics"), cwd=tmp_path)
+    missing = run_spix("infer", str(tmp_path / "pics"), "--checkpoint", str(tmp_path / "nope"))
+    empty = run_spix("infer", str(tmp_path / "empty"), "--checkpoint", str(trained_run))
+    for result, words in [(no_run, "no finished run under runs"), (missing, "no finished model"), (empty, "no images")]:
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- a 2-node cluster
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """A head and a worker node on this machine, one CPU each: the model actor takes one, tasks the other."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_infer_on_a_two_node_cluster_matches_the_local_run(two_node_cluster, infer_run: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "val"
+    shutil.copytree(infer_run["folder"] / "val", folder)
+    out = tmp_path / "out"
+    result = run_spix("infer", str(folder), "--checkpoint", str(infer_run["run"]), "--out", str(out),
+                      "--max-side", str(MAX_SIDE), "--soft-layers", str(K), "--address", two_node_cluster.address)
+    assert result.returncode == 0, result.stderr
+    assert f"done: {len(list(folder.iterdir()))} |" in result.stdout and "nodes: 2" in result.stdout
+    for path in sorted(folder.iterdir()):
+        local = output_files(infer_run["out"], infer_run["names"][f"val/{path.name}"])
+        remote = output_files(out, path.name)
+        with np.load(local["layers"]) as a, np.load(remote["layers"]) as b:
+            np.testing.assert_allclose(a["layers"], b["layers"], atol=1e-4)
+        np.testing.assert_array_equal(read_embeddings(local["embeddings"])["embeddings"],
+                                      read_embeddings(remote["embeddings"])["embeddings"])
+
+
+FAKE_FAST_SLIC = """
+import ctypes, numpy as np
+
+class Slic:
+    \"\"\"Segfaults on 97-pixel-wide images (like fast-slic on some systems); a 4 x 4 grid otherwise.\"\"\"
+
+    def __init__(self, num_components=400, compactness=10, num_threads=-1, **kwargs):
+        pass
+
+    def iterate(self, image):
+        if image.shape[1] == 97:
+            ctypes.string_at(0)
+        height, width = image.shape[:2]
+        return (np.arange(height)[:, None] * 4 // height * 4 + np.arange(width)[None, :] * 4 // width).astype(np.int16)
+"""
+
+
+@pytest.mark.slow
+def test_a_crashing_worker_costs_one_image_not_the_run(trained_run: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "fake" / "fast_slic"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(textwrap.dedent(FAKE_FAST_SLIC))
+    (fake / "avx2.py").write_text("from fast_slic import Slic as SlicAvx2\n")
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for width in (60, 97, 70):
+        Image.fromarray(rng.integers(0, 255, (40, width, 3), dtype=np.uint8)).save(folder / f"w{width}.png")
+    result = run_spix("infer", str(folder), "--checkpoint", str(trained_run), "--num-cpus", "2",
+                      env={"PYTHONPATH": str(tmp_path / "fake")})
+    assert result.returncode == 0, result.stderr
+    assert "done: 2 |" in result.stdout and "failed: 1 |" in result.stdout
+    errors = [json.loads(line) for line in (tmp_path / "pics_spix" / "errors.jsonl").read_text().splitlines()]
+    assert [(e["path"], e["status"]) for e in errors] == [("w97.png", "failed")] and "crashed" in errors[0]["reason"]

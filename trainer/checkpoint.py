@@ -1,0 +1,82 @@
+"""Training state and the final model: what is saved, and loading it back safely (weights_only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spix.trainer.model import PRESETS, FeatureExtractor
+
+STATE_FILE = "state.pt"  # inside every Ray Train checkpoint folder
+MODEL_FILE = "model.pt"
+MODEL_META = "model.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run folder that cannot be loaded."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, config: dict[str, Any]) -> None:
+    torch.save(
+        {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "config": config},
+        folder / STATE_FILE,
+    )
+
+
+def load_training_state(folder: Path) -> dict[str, Any]:
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def write_final_model(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """RUN/model.pt (state dict) and RUN/model.json: all inference needs, without Ray."""
+    torch.save(state_dict, run_dir / MODEL_FILE)
+    (run_dir / MODEL_META).write_text(json.dumps(meta, indent=1))
+
+
+def find_model_files(run_or_file: Path) -> tuple[Path, Path]:
+    """(model.pt, model.json) from a run folder or a model.pt path."""
+    weights = run_or_file / MODEL_FILE if run_or_file.is_dir() else run_or_file
+    meta = weights.with_name(MODEL_META)
+    if not weights.is_file() or not meta.is_file():
+        raise CheckpointError(f"{run_or_file}: no finished model ({MODEL_FILE} and {MODEL_META}); train one with `spix train`")
+    return weights, meta
+
+
+def load_model(run_or_file: Path, device: str | torch.device = "cpu") -> tuple[FeatureExtractor, dict[str, Any]]:
+    """The trained FeatureExtractor in eval mode and its metadata (preset, widths, preprocessing)."""
+    weights, meta_path = find_model_files(run_or_file)
+    meta = json.loads(meta_path.read_text())
+    model = FeatureExtractor(tuple(meta["widths"]), dim=meta["dim"])
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise CheckpointError(f"{weights}: cannot load weights ({exc})") from None
+    return model.to(device).eval(), meta
+
+
+def newest_finished_run(runs_dir: Path) -> Path:
+    """The most recently finished run under runs/ (the default checkpoint of `spix infer`)."""
+    finished = sorted(runs_dir.glob(f"*/{MODEL_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not finished:
+        raise CheckpointError(f"no finished run under {runs_dir}/; train one with `spix train` or pass --checkpoint")
+    return finished[-1].parent
+
+
+def model_meta(preset: str, dim: int, preprocess_params: dict[str, Any], class_names: list[str], train_config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "preset": preset,
+        "widths": list(PRESETS[preset]),
+        "dim": dim,
+        "preprocess": preprocess_params,
+        "class_names": class_names,
+        "train": train_config,
+    }
