@@ -23,7 +23,7 @@ def preprocess(
     address: str | None = typer.Option(None, help="Join a Ray cluster: 'auto' or HOST:PORT (default: local Ray)."),
     overwrite: bool | None = typer.Option(None, "--overwrite/--no-overwrite", help="Rebuild every shard instead of resuming."),
     strict: bool | None = typer.Option(None, "--strict/--no-strict", help="Exit 1 when any input was skipped."),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with a [preprocess] section; flags override it."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file with a \\[preprocess] section; flags override it."),
 ) -> None:
     """Compute SLIC superpixels and per-superpixel statistics for every image into Parquet shards.
 

@@ -18,7 +18,7 @@ def make_toy_data(
     seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same files (default: 0)."),
     min_side: int | None = typer.Option(None, help="Smallest image side (default: 256)."),
     max_side: int | None = typer.Option(None, help="Largest image side (default: 512)."),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with a [toy] section."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file with a \\[toy] section."),
 ) -> None:
     """Write a synthetic dataset whose classes differ by texture, not by colour.
 

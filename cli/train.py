@@ -29,7 +29,7 @@ def train(
     seed: int | None = typer.Option(None, help="Seed of weights, crops and shuffling (default: 0)."),
     address: str | None = typer.Option(None, help="Join a Ray cluster: 'auto' or HOST:PORT (default: local Ray)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with a [train] section; flags override it."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file with a \\[train] section; flags override it."),
 ) -> None:
     """Train the feature extractor with the superpixel N-pair loss (DDP on Ray Train: gloo on CPU, NCCL on GPU).
 

@@ -472,6 +472,14 @@ def actor_layout(cpus: float, gpus: float, use_gpu: bool) -> tuple[int, float, f
     return max(1, (int(cpus) - 1) // threads), float(threads), 0.0
 
 
+def model_threads(cpus: float, actors: int, actor_cpus: float, use_gpu: bool) -> int:
+    """torch threads of a model actor: on CPUs the actors share every core, the ones Ray keeps for the
+    decode and post-processing tasks included (those are light beside the forward pass and interleave)."""
+    if use_gpu:
+        return max(1, int(actor_cpus))
+    return max(1, int(cpus) // actors)
+
+
 def run_pipeline(
     items: list[dict[str, str]], out: Path, params: InferParams, options: InferOptions, probe: LinearProbe | None,
     on_progress: Callable[[int], None],
@@ -500,7 +508,8 @@ def run_pipeline(
             ModelStage,
             fn_constructor_kwargs={
                 "checkpoint": options.checkpoint, "device": "cuda" if use_gpu else "cpu",
-                "threads": max(1, int(actor_cpus)), "out": str(out), "dense": options.dense,
+                "threads": model_threads(resources.get("CPU", 1), actors, actor_cpus, use_gpu),
+                "out": str(out), "dense": options.dense,
             },
             batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=actor_cpus, num_gpus=actor_gpus, max_task_retries=TASK_RETRIES,
@@ -520,6 +529,8 @@ def run_pipeline(
 
 @dataclass
 class InferSummary:
+    """Counts and timings of one run; `errors` holds this run's skipped and failed inputs."""
+
     inputs: int
     already_done: int
     done: int = 0

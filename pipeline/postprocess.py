@@ -47,7 +47,8 @@ def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
 def resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """Resample x (H, W, ...) to `size` (height, width): mode "area" to shrink, "bilinear" to enlarge; float32."""
     height, width = x.shape[:2]
-    channels = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(height, width, -1)).permute(2, 0, 1)[None]
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(height, width, -1)
+    channels = torch.from_numpy(flat).permute(2, 0, 1)[None]
     options = {"align_corners": False} if mode == "bilinear" else {}
     resized = torch.nn.functional.interpolate(channels, size=size, mode=mode, **options)
     return resized[0].permute(1, 2, 0).numpy().reshape(size + x.shape[2:])
@@ -111,7 +112,7 @@ def dense_principal_components(features: torch.Tensor, n: int = 3, max_samples: 
     """
     dim, height, width = features.shape
     pixels = features.reshape(dim, -1).T.float()
-    sample = pixels[:: max(1, pixels.shape[0] // max_samples)]
+    sample = pixels[:: -(-pixels.shape[0] // max_samples)]  # ceil: at most max_samples rows
     mean = sample.mean(dim=0)
     centered = (sample - mean).double()
     covariance = centered.T @ centered / max(1, sample.shape[0] - 1)

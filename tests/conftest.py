@@ -40,3 +40,15 @@ def toy_shards(toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     )
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """A head and a worker node on this machine, one CPU each (ray.cluster_utils), shut down afterwards."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()

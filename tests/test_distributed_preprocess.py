@@ -12,18 +12,6 @@ from conftest import run_spix
 from spix.pipeline.shards import iter_samples, read_manifest
 
 
-@pytest.fixture()
-def two_node_cluster():
-    """A head and a worker node on this machine, each with its own CPU (ray.cluster_utils)."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
-
-
 def test_preprocess_runs_on_both_nodes(two_node_cluster, toy_root: Path, toy_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
     result = run_spix("preprocess", "--data-root", str(toy_root), "--out", str(out), "--num-superpixels", "150",

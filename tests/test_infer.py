@@ -20,6 +20,7 @@ from conftest import run_spix
 from spix.pipeline.imageio import decode_rgb
 from spix.pipeline.infer import (
     actor_layout,
+    model_threads,
     default_out,
     embed_images,
     list_inputs,
@@ -72,6 +73,10 @@ def test_actor_layout_leaves_cpus_for_the_other_stages() -> None:
     assert actor_layout(cpus=2, gpus=0, use_gpu=False) == (1, 1.0, 0.0)
     assert actor_layout(cpus=16, gpus=0, use_gpu=False) == (3, 4.0, 0.0)
     assert actor_layout(cpus=1, gpus=0, use_gpu=False) == (1, 0.5, 0.0)
+    # CPU actors' torch threads share all cores, including those Ray keeps for the light stages.
+    assert model_threads(cpus=2, actors=1, actor_cpus=1.0, use_gpu=False) == 2
+    assert model_threads(cpus=16, actors=3, actor_cpus=4.0, use_gpu=False) == 5
+    assert model_threads(cpus=16, actors=2, actor_cpus=1.0, use_gpu=True) == 1
 
 
 def test_batched_embedding_equals_one_image_at_a_time() -> None:
@@ -331,18 +336,6 @@ def test_missing_checkpoint_and_empty_folder_are_one_clear_line(tmp_path: Path, 
 
 
 # ----------------------------------------------------------------------------- a 2-node cluster
-
-
-@pytest.fixture()
-def two_node_cluster():
-    """A head and a worker node on this machine, one CPU each: the model actor takes one, tasks the other."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
 
 
 @pytest.mark.slow

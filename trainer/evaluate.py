@@ -28,8 +28,9 @@ from spix.trainer.metrics import (
     clustering_ari,
     image_pair_scores,
     paint_superpixels,
+    confusion_matrix,
     pair_scores_auc,
-    segmentation_scores,
+    scores_from_confusion,
 )
 from spix.trainer.model import build_model
 
@@ -148,29 +149,10 @@ class SetScores:
         scored = int(np.count_nonzero(~np.isnan(ari)))
         return {
             "pair_auc": auc,
-            **labelling_from_confusion(self.confusion),
+            **scores_from_confusion(self.confusion),
             "ari": float(np.nanmean(ari)) if scored else float("nan"),
             "ari_images": scored,
         }
-
-
-def labelling_from_confusion(confusion: np.ndarray, ignore_label: int = 0) -> dict[str, Any]:
-    """Pixel accuracy and IoUs of a confusion matrix summed over images (segmentation_scores' rules).
-
-    segmentation_scores needs every map at once; summing its per-image confusion keeps memory
-    bounded, and these are its formulas applied to the sum (checked equal in the tests).
-    """
-    tp = np.diag(confusion)
-    gt_count, pred_count = confusion.sum(axis=1), confusion.sum(axis=0)
-    present = [c for c in range(len(confusion)) if c != ignore_label and gt_count[c] > 0]
-    per_class = {c: float(tp[c] / (gt_count[c] + pred_count[c] - tp[c])) for c in present}
-    total = confusion.sum()
-    return {
-        "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
-        "miou": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
-        "per_class_iou": per_class,
-        "confusion": confusion,
-    }
 
 
 def evaluate_validation(
@@ -196,7 +178,7 @@ def evaluate_validation(
             scores, same = image_pair_scores(features, sample.sp_label, valid, settings.max_pairs_per_image, rngs[name])
             ari = clustering_ari(features, sample.superpixels, sample.labels, seed=settings.seed)
             painted = paint_superpixels(sample.superpixels, probes[name].predict(features))
-            confusion = segmentation_scores([painted], [sample.labels], num_classes)["confusion"]
+            confusion = confusion_matrix(painted, sample.labels, num_classes)
             totals[name].add(scores, same, ari, confusion)
         pixels = int(np.count_nonzero(sample.labels))
         if pixels:

@@ -276,17 +276,31 @@ def segmentation_scores(
     size = num_classes + 1
     confusion = np.zeros((size, size), dtype=np.int64)
     for p, g in zip(pred, gt, strict=True):
-        p, g = np.asarray(p, dtype=np.int64), np.asarray(g, dtype=np.int64)
-        if p.shape != g.shape:
-            raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in shape")
-        keep = g != ignore_label
-        p, g = p[keep], g[keep]
-        if p.size and (min(p.min(), g.min()) < 0 or max(p.max(), g.max()) > num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}]")
-        confusion += np.bincount(g * size + p, minlength=size * size).reshape(size, size)
+        confusion += confusion_matrix(p, g, num_classes, ignore_label)
+    return scores_from_confusion(confusion, ignore_label)
+
+
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_label: int = 0) -> np.ndarray:
+    """(K+1) x (K+1) counts of GT g predicted as p for one image, pixels with GT = ignore_label left out.
+
+    Summing these over images and then calling scores_from_confusion streams any number of images.
+    """
+    p, g = np.asarray(pred, dtype=np.int64), np.asarray(gt, dtype=np.int64)
+    if p.shape != g.shape:
+        raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in shape")
+    keep = g != ignore_label
+    p, g = p[keep], g[keep]
+    if p.size and (min(p.min(), g.min()) < 0 or max(p.max(), g.max()) > num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}]")
+    size = num_classes + 1
+    return np.bincount(g * size + p, minlength=size * size).reshape(size, size)
+
+
+def scores_from_confusion(confusion: np.ndarray, ignore_label: int = 0) -> dict:
+    """Pixel accuracy, mIoU over the classes present in the GT, per-class IoU, and the matrix itself."""
     tp = np.diag(confusion)
     gt_count, pred_count = confusion.sum(axis=1), confusion.sum(axis=0)
-    present = [c for c in range(size) if c != ignore_label and gt_count[c] > 0]
+    present = [c for c in range(len(confusion)) if c != ignore_label and gt_count[c] > 0]
     per_class = {c: float(tp[c] / (gt_count[c] + pred_count[c] - tp[c])) for c in present}
     total = confusion.sum()
     return {
@@ -311,17 +325,22 @@ def clustering_ari(
     """Pixel-level adjusted Rand index of k-means on one image's superpixel embeddings vs the GT.
 
     k is the number of GT classes present (ignore label excluded), capped at the number of
-    superpixels; every superpixel is clustered, the score counts labelled pixels only. nan when
-    k <= 1: with a single class every clustering scores the same, so the image says nothing.
-    Average over images with np.nanmean.
+    labelled superpixels. k-means is fitted on the superpixels with labelled pixels, so an
+    unlabelled region cannot take one of the k clusters, and then assigns every superpixel; the
+    score counts labelled pixels only. nan when k <= 1: with a single class every clustering
+    scores the same, so the image says nothing. Average over images with np.nanmean.
     """
     sp, lab = check_label_maps(superpixels, gt)
     embeddings = np.asarray(embeddings, dtype=np.float64)
     counted = lab != ignore_label
-    k = min(len(np.unique(lab[counted])), len(embeddings))
+    majority, _ = superpixel_majority(sp, lab, int(lab.max()) + 1, ignore_label=ignore_label)
+    labelled = np.zeros(len(embeddings), dtype=bool)
+    labelled[: len(majority)] = majority != ignore_label
+    k = min(len(np.unique(lab[counted])), int(labelled.sum()))
     if k <= 1:
         return float("nan")
-    clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(embeddings)
+    kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(embeddings[labelled])
+    clusters = kmeans.predict(embeddings)
     return float(adjusted_rand_score(lab[counted], paint_superpixels(sp, clusters)[counted]))
 
 
