@@ -98,12 +98,16 @@ def test_resume_continues_at_the_next_epoch_and_step(train_shards: Path, tmp_pat
 
 def test_a_killed_worker_is_restored_from_the_last_checkpoint(train_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [*SPIX, "train", "--shards", str(train_shards), "--out", str(run), "--epochs", "3", *TINY]
+    args = [*SPIX, "train", "--shards", str(train_shards), "--out", str(run), "--epochs", "4", *TINY]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
+        # After epoch 0's metrics line, its checkpoint is registered with Ray Train.
         while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
+        while not list((run / "ray").glob("checkpoint_*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
         workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
         assert workers, "no Ray Train worker found to kill"
         os.kill(int(workers[-1]), signal.SIGKILL)
@@ -112,7 +116,7 @@ def test_a_killed_worker_is_restored_from_the_last_checkpoint(train_shards: Path
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr[-3000:]
-    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
     assert any(e["event"] == "restored" for e in read_jsonl(run / "events.jsonl"))
     assert (run / "model.pt").exists()
 
