@@ -300,17 +300,17 @@ def warm_up_workers() -> None:
     and a node without a working fast-slic fails here, before any work is handed out."""
     import ray
 
-    task = ray.remote(num_cpus=1)(exercise_once)
+    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(exercise_once)
     ray.get([task.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
 
 
 def run_shards_on_ray(
     plans: list[ShardPlan], data_root: str, out_uri: str, params: PreprocessParams, on_progress: Callable[[int], None]
 ) -> list[ShardResult]:
-    """One Ray task per shard; shards whose task crashed are redone image by image."""
+    """One Ray task per shard, spread over the nodes; shards whose task crashed are redone image by image."""
     import ray
 
-    shard_task = ray.remote(num_cpus=1, max_retries=0)(build_shard)
+    shard_task = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(build_shard)
     pending = {shard_task.remote(plan, data_root, out_uri, params): plan for plan in plans}
     results = []
     while pending:
