@@ -49,6 +49,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
 def validation_auc(model: torch.nn.Module, shards: Path) -> float:
     part = validate(model, iter_samples(str(shards), "validation"), torch.device("cpu"))
     return pair_scores_auc(part.scores, part.positives)
@@ -102,12 +106,10 @@ def test_a_killed_worker_is_restored_from_the_last_checkpoint(train_shards: Path
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        # After epoch 0's metrics line, its checkpoint is registered with Ray Train.
-        while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        # Epoch 1's metrics line means epoch 0's checkpoint is registered with Ray Train's controller
+        # (the checkpoint folder alone appears before the controller has taken note of it).
+        while len(read_lines(run / "metrics.jsonl")) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        while not list((run / "ray").glob("checkpoint_*")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
         workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
         assert workers, "no Ray Train worker found to kill"
         os.kill(int(workers[-1]), signal.SIGKILL)
