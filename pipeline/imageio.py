@@ -43,7 +43,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         scale = 257.0 if image.mode != "F" and values.max(initial=0) > 255 else 1.0
         gray = np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

