@@ -116,7 +116,7 @@ def main() -> None:
     floor = statistics.mean(floors)
     print(f"floor (1 process, fast-slic):      {floor:8.1f} images/s (mean of {len(floors)})")
     print(f"floor (1 process, skimage slic):   {skimage_floor:8.1f} images/s  -> fast-slic / skimage = "
-          f"{floors[-1] / skimage_floor:.1f}x")
+          f"{floor / skimage_floor:.1f}x")
     print(f"efficiency = pipeline / (floor x {args.cores} cores): median {statistics.median(efficiencies):.2f} "
           f"(rounds {', '.join(f'{e:.2f}' for e in efficiencies)}); "
           f"incl. Ray start: median {statistics.median(with_start):.2f}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from spix.pipeline.dataset import ImageRecord, check_layout, list_split, read_class_names
@@ -186,16 +187,13 @@ def build_shard(plan: ShardPlan, data_root: str, out_uri: str, params: Preproces
                 continue
             result.warnings.extend({"path": record.image_path, "warning": w} for w in row["warnings"])
             result.superpixel_counts.append(row["num_superpixels"])
-            write_start = time.perf_counter()
             writer.add(row)
-            result.write_seconds += time.perf_counter() - write_start
-        write_start = time.perf_counter()
-        writer.flush()
-        result.write_seconds += time.perf_counter() - write_start
+        writer.flush()  # so that the seconds below include all of the writing
     except BaseException:
         writer.abort()
         raise
     result.seconds = time.perf_counter() - start
+    result.write_seconds = writer.write_seconds
     result.num_rows = len(result.superpixel_counts)
     writer.commit(shard_extra_metadata(plan, result))
     return result
@@ -273,8 +271,6 @@ def keep_freed_memory_in_process() -> None:
     of later ones (mimalloc). glibc is told to keep large blocks on its heap (up to 256 MiB kept free),
     and Arrow allocates through it. Does nothing where the C library is not glibc.
     """
-    import pyarrow as pa
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 64 * 2**20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -131,6 +132,7 @@ class ShardWriter:
         self.fs.create_dir(posixpath.dirname(self.tmp_path), recursive=True)
         self.writer = pq.ParquetWriter(self.tmp_path, schema_with_parameters(params), filesystem=self.fs, **SHARD_WRITE_OPTIONS)
         self.num_rows = 0
+        self.write_seconds = 0.0  # spent building and writing row groups
 
     def add(self, row: dict[str, Any]) -> None:
         self.pending.append(row)
@@ -140,9 +142,11 @@ class ShardWriter:
     def flush(self) -> None:
         """Write the rows added so far as a row group (commit does it too)."""
         if self.pending:
+            start = time.perf_counter()
             self.writer.write_table(rows_to_table(self.pending).replace_schema_metadata(self.writer.schema.metadata))
             self.num_rows += len(self.pending)
             self.pending = []
+            self.write_seconds += time.perf_counter() - start
 
     def commit(self, extra_metadata: dict[str, Any]) -> str:
         """Finish the file with metadata (parameters, errors) and move it to its final name."""
