@@ -25,7 +25,7 @@ from spix.pipeline.infer import InferParams, decode_input, embed_images, finish_
 from spix.pipeline.superpixels import compute_superpixels
 from spix.pipeline.toydata import make_toy_dataset
 from spix.trainer.checkpoint import model_meta, write_final_model
-from spix.trainer.loop import embed_superpixels
+from spix.trainer.embedding import embed_superpixels
 from spix.trainer.model import build_model
 
 NUM_SUPERPIXELS, COMPACTNESS = 500, 10.0

@@ -43,9 +43,8 @@ from spix.pipeline.postprocess import (
 )
 from spix.pipeline.superpixels import compute_superpixels
 from spix.trainer.checkpoint import find_model_files, load_model, newest_finished_run
-from spix.trainer.loop import autocast
 from spix.trainer.metrics import LinearProbe, paint_superpixels
-from spix.trainer.model import normalize_images
+from spix.trainer.model import autocast, normalize_images
 from spix.trainer.pooling import superpixel_pool
 
 RUN_RECORD = "infer.json"
@@ -259,8 +258,7 @@ class Embedded:
 def summarise_features(features: torch.Tensor, superpixels: np.ndarray, keep_dense: bool) -> Embedded:
     """One image's dense features (D, H, W) -> superpixel embeddings and principal components."""
     ids = torch.from_numpy(superpixels.astype(np.int64)).to(features.device)
-    count = torch.tensor([int(superpixels.max()) + 1], device=features.device)
-    pooled, _ = superpixel_pool(features[None], ids[None], count)
+    pooled, _ = superpixel_pool(features[None], ids[None], int(superpixels.max()) + 1)
     return Embedded(
         embeddings=pooled[0].cpu().numpy(),
         components=dense_principal_components(features).cpu().numpy(),

@@ -22,7 +22,8 @@ from spix.trainer.evaluate import (
     fit_probes,
     probe_rows,
 )
-from spix.trainer.loop import LossConfig, embed_superpixels, train_without_ray
+from spix.trainer.embedding import embed_superpixels
+from spix.trainer.loop import LossConfig, train_without_ray
 from spix.trainer.metrics import (
     LinearProbe,
     achievable_segmentation_accuracy,

@@ -31,7 +31,8 @@ from spix.pipeline.infer import (
 from spix.pipeline.shards import iter_samples, read_manifest
 from spix.pipeline.superpixels import compute_superpixels
 from spix.trainer.checkpoint import load_model, model_meta, write_final_model
-from spix.trainer.loop import embed_superpixels, train_without_ray
+from spix.trainer.embedding import embed_superpixels
+from spix.trainer.loop import train_without_ray
 from spix.trainer.metrics import LinearProbe, paint_superpixels
 from spix.trainer.model import build_model
 

@@ -165,7 +165,7 @@ def test_gradients_reach_every_model_parameter() -> None:
     superpixels = ((rows // 4) * 4 + cols // 4).expand(2, -1, -1)  # 12 blocks of 4x4
     labels = torch.stack([1 + (cols >= 8).long(), 1 + (rows >= 4).long() + (cols >= 12).long()])
     block_labels = torch.stack([torch.bincount(superpixels[b].flatten(), labels[b].flatten()) / 16 for b in range(2)])
-    pooled, mask = superpixel_pool(model(images), superpixels, torch.tensor([12, 12]))
+    pooled, mask = superpixel_pool(model(images), superpixels, 12)
     loss, _ = superpixel_npair_loss(pooled, block_labels.round().long(), torch.ones(2, 12), mask)
     loss.backward()
     head_bias = model.head[1].bias

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from spix.pipeline.shards import Sample, iter_samples, read_manifest
-from spix.trainer.loop import embed_superpixels
+from spix.trainer.embedding import embed_superpixels
 from spix.trainer.metrics import (
     LinearProbe,
     achievable_segmentation_accuracy,

@@ -16,7 +16,8 @@ from spix.pipeline.shards import Sample
 from spix.trainer.data import Batch
 from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.metrics import image_pair_scores
-from spix.trainer.model import normalize_images
+from spix.trainer.embedding import embed_superpixels
+from spix.trainer.model import autocast, normalize_images
 from spix.trainer.pooling import superpixel_pool
 
 LOSSES = ("superpixel", "pixel")
@@ -29,17 +30,12 @@ class LossConfig:
     min_purity: float = 0.5
 
 
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast where asked for (the GPU path); a no-op context otherwise."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def compute_loss(model: nn.Module, batch: Batch, loss: LossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Forward the batch and apply the superpixel loss or the pixel-sampled baseline."""
     features = model(normalize_images(batch.images))
     if loss.name == "pixel":
         return pixel_npair_loss(features, batch.labels, loss.pixel_samples, generator)
-    pooled, mask = superpixel_pool(features, batch.superpixels, batch.num_superpixels)
+    pooled, mask = superpixel_pool(features, batch.superpixels, batch.sp_label.shape[1])
     return superpixel_npair_loss(pooled, batch.sp_label, batch.sp_purity, mask, loss.min_purity)
 
 
@@ -56,18 +52,6 @@ def train_step(
     value.backward()
     optimizer.step()
     return {"loss": float(value.detach()), "pos_dist": float(stats["pos_dist"]), "neg_dist": float(stats["neg_dist"])}
-
-
-@torch.no_grad()
-def embed_superpixels(model: nn.Module, rgb: np.ndarray, superpixels: np.ndarray, device: torch.device, amp: bool = False) -> np.ndarray:
-    """(S, D) float32 mean embedding of every superpixel of one full image."""
-    model.eval()
-    images = torch.from_numpy(np.array(rgb, dtype=np.uint8))[None].to(device)
-    sp = torch.from_numpy(superpixels.astype(np.int64))[None].to(device)
-    with autocast(device, amp):
-        features = model(normalize_images(images))
-    pooled, _ = superpixel_pool(features, sp, torch.tensor([int(superpixels.max()) + 1], device=device))
-    return pooled[0].float().cpu().numpy()
 
 
 @dataclass

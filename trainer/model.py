@@ -101,6 +101,11 @@ def build_model(preset: str, dim: int = 128) -> FeatureExtractor:
     return FeatureExtractor(PRESETS[preset], dim)
 
 
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast where asked for (the GPU path); a no-op context otherwise."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def normalize_images(images_uint8: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 scaled to [0, 1] and standardised per channel.
 
