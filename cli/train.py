@@ -27,6 +27,8 @@ def train(
     gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="One GPU per worker, NCCL (default: GPU when Ray sees one)."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on GPU (default: on)."),
     seed: int | None = typer.Option(None, help="Seed of weights, crops and shuffling (default: 0)."),
+    max_minutes: float | None = typer.Option(None, help="Stop at the end of the first epoch that passes this many minutes of training; 0 = no limit (default: 0)."),
+    deterministic: bool | None = typer.Option(None, "--deterministic/--nondeterministic", help="Batches in planned order, so the same seed and workers give the same run; --nondeterministic takes crops as they finish (default: deterministic)."),
     address: str | None = typer.Option(None, help="Join a Ray cluster: 'auto' or HOST:PORT (default: local Ray)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     config: Path | None = typer.Option(None, "--config", help="TOML file with a \\[train] section; flags override it."),
@@ -36,19 +38,21 @@ def train(
     Every epoch: a checkpoint, and a metrics line (loss, pair distances, images/s, validation loss and
     pair AUC) printed and appended to RUN/metrics.jsonl. At the end RUN/model.pt and RUN/model.json.
     """
-    from spix.trainer.distributed import TrainConfig, TrainingInputError, run_training
-    from spix.trainer.loop import LOSSES
+    from spix.trainer.config import TrainConfig
+    from spix.trainer.distributed import TrainingInputError, read_metrics, run_training
+    from spix.trainer.losses import LOSSES
     from spix.trainer.model import PRESETS
 
     s = resolve(
         "train", config,
         dict(shards=shards, out=out, workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, preset=preset,
-             loss=loss, pixel_samples=pixel_samples, crop=crop, gpu=gpu, amp=amp, seed=seed, address=address),
+             loss=loss, pixel_samples=pixel_samples, crop=crop, gpu=gpu, amp=amp, seed=seed, max_minutes=max_minutes,
+             deterministic=deterministic, address=address),
     )
     if s["preset"] not in PRESETS or s["loss"] not in LOSSES:
         fail(f"--preset must be one of {sorted(PRESETS)} and --loss one of {list(LOSSES)}")
-    if min(s["workers"], s["epochs"], s["batch_size"], s["crop"], s["pixel_samples"]) < 1:
-        fail("--workers, --epochs, --batch-size, --crop and --pixel-samples must be >= 1")
+    if min(s["workers"], s["epochs"], s["batch_size"], s["crop"], s["pixel_samples"]) < 1 or s["max_minutes"] < 0:
+        fail("--workers, --epochs, --batch-size, --crop and --pixel-samples must be >= 1, --max-minutes >= 0")
     if resume and not s["out"]:
         fail("--resume needs --out RUN, the run folder to continue")
     s["out"] = s["out"] or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -63,6 +67,9 @@ def train(
         fail(str(exc))
     except RuntimeError as exc:  # the workers' error snippet, after Ray Train's retries ran out
         fail(str(exc))
+    last = read_metrics(run_dir)[-1]
+    if last.get("stopped_by_time"):
+        typer.echo(f"stopped after epoch {last['epoch']}: more than --max-minutes {s['max_minutes']:g} of training")
     typer.echo(f"done: {run_dir}/model.pt and model.json; metrics in {run_dir}/metrics.jsonl")
 
 
@@ -82,8 +89,10 @@ def gpu_available(address: str) -> bool:
 
 def print_epoch(metrics: dict[str, Any]) -> None:
     auc = metrics["val_pair_auc"]
+    memory = f" | GPU {metrics['peak_gpu_memory_gib']:.1f} GiB" if "peak_gpu_memory_gib" in metrics else ""
     typer.echo(
-        f"epoch {metrics['epoch'] + 1:3d} | step {metrics['step']:6d} | loss {metrics['train_loss']:.4f} | "
-        f"d+ {metrics['pos_dist']:.2f} d- {metrics['neg_dist']:.2f} | {metrics['images_per_s']:.1f} img/s | "
+        f"epoch {metrics['epoch']:3d} | step {metrics['step']:6d} | loss {metrics['train_loss']:.4f} | "
+        f"d+ {metrics['pos_dist']:.2f} d- {metrics['neg_dist']:.2f} | {metrics['images_per_s']:.1f} img/s, "
+        f"data wait {100 * metrics['data_wait']:.0f}%{memory} | "
         f"val loss {metrics['val_loss']:.4f} | val pair AUC {'n/a' if math.isnan(auc) else f'{auc:.3f}'}"
     )

@@ -217,7 +217,7 @@ def decode_superpixels(data: bytes, height: int, width: int) -> np.ndarray:
 
 
 def row_to_sample(row: dict[str, Any]) -> Sample:
-    """A row (from pyarrow `to_pylist`, pandas or Ray Data) -> numpy arrays."""
+    """A row (from `iter_rows`, pandas or Ray Data) -> numpy arrays."""
     height, width = int(row["height"]), int(row["width"])
     return Sample(
         image_id=str(row["image_id"]),
@@ -233,19 +233,69 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
 
 
 def stack_pairs(values: Any, width: int) -> np.ndarray:
-    """A list of fixed-size lists (pyarrow) or of small arrays (Ray Data) -> (S, width) float32."""
+    """(S, width) float32 from an (S, width) array (`iter_rows`) or a sequence of small arrays (Ray Data, pandas)."""
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        return values.astype(np.float32, copy=False)
     return np.asarray(list(values), dtype=np.float32).reshape(-1, width)
 
 
-def iter_rows(shards_uri: str, split: str) -> Iterator[dict[str, Any]]:
-    """Every row of a split as a dict, shard by shard, row group by row group (bounded memory)."""
+@dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group of a shard: the unit that training reads and shuffles."""
+
+    path: str  # full path or URI of the shard
+    index: int  # row group number within the file
+    num_rows: int
+
+
+def list_row_groups(shards_uri: str, split: str) -> list[RowGroup]:
+    """Every row group of a split, shard by shard in manifest order (reads only the footers)."""
     fs, _ = filesystem_and_path(shards_uri)
+    groups = []
     for path in shard_paths(shards_uri, split):
-        _, local = filesystem_and_path(path)
-        with fs.open_input_file(local) as handle:
-            parquet = pq.ParquetFile(handle)
-            for group in range(parquet.num_row_groups):
-                yield from parquet.read_row_group(group).to_pylist()
+        with fs.open_input_file(filesystem_and_path(path)[1]) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        groups += [RowGroup(path, i, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups)]
+    return groups
+
+
+def read_row_group(group: RowGroup, columns: list[str] | None = None) -> pa.Table:
+    fs, local = filesystem_and_path(group.path)
+    with fs.open_input_file(local) as handle:
+        return pq.ParquetFile(handle).read_row_group(group.index, columns=columns)
+
+
+def column_values(column: pa.ChunkedArray) -> list[Any] | np.ndarray:
+    """One column as per-row values without a Python object per list element: scalars as a numpy array,
+    lists as numpy views into one flat buffer ((S,) or (S, k) for fixed-size items), binary and strings as
+    Python bytes/str."""
+    array = column.combine_chunks()
+    kind = array.type
+    if not pa.types.is_list(kind):
+        return array.to_numpy(zero_copy_only=False) if not (pa.types.is_binary(kind) or pa.types.is_string(kind)) else array.to_pylist()
+    if pa.types.is_string(kind.value_type):
+        return array.to_pylist()
+    offsets = array.offsets.to_numpy()
+    flat = array.flatten()
+    if pa.types.is_fixed_size_list(kind.value_type):
+        size = kind.value_type.list_size
+        values = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)
+    else:
+        values = flat.to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(array))]
+
+
+def table_rows(table: pa.Table) -> Iterator[dict[str, Any]]:
+    """The rows of a table as dicts of numpy arrays (lists), numbers, bytes and strings."""
+    columns = {name: column_values(table.column(name)) for name in table.column_names}
+    for index in range(table.num_rows):
+        yield {name: values[index] for name, values in columns.items()}
+
+
+def iter_rows(shards_uri: str, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every row of a split as a dict, shard by shard, row group by row group (bounded memory)."""
+    for group in list_row_groups(shards_uri, split):
+        yield from table_rows(read_row_group(group, columns))
 
 
 def iter_samples(shards_uri: str, split: str) -> Iterator[Sample]:

@@ -15,7 +15,8 @@ import torch
 from conftest import SPIX, run_spix
 from spix.pipeline.shards import iter_samples
 from spix.trainer.checkpoint import load_model
-from spix.trainer.loop import validate
+from spix.trainer.config import TrainConfig
+from spix.trainer.loop import train_without_ray, validate
 from spix.trainer.metrics import pair_scores_auc
 from spix.trainer.model import build_model
 
@@ -60,16 +61,18 @@ def validation_auc(model: torch.nn.Module, shards: Path) -> float:
 
 def test_run_writes_metrics_checkpoints_and_a_ray_free_model(trained_run: Path) -> None:
     metrics = read_jsonl(trained_run / "metrics.jsonl")
-    assert [m["epoch"] for m in metrics] == list(range(10))
-    assert [m["step"] for m in metrics] == [6 * (e + 1) for e in range(10)], "48 images / 2 workers / batch 4"
+    assert [m["epoch"] for m in metrics] == list(range(1, 11)), "epochs count from 1, as on the terminal"
+    assert [m["step"] for m in metrics] == [6 * e for e in range(1, 11)], "48 images / 2 workers / batch 4"
     for m in metrics:
-        assert {"train_loss", "pos_dist", "neg_dist", "images_per_s", "val_loss", "val_pair_auc"} <= m.keys()
+        assert {"train_loss", "pos_dist", "neg_dist", "images_per_s", "val_loss", "val_pair_auc", "lr"} <= m.keys()
         assert m["workers"] == 2 and m["val_images"] == 16
+        assert 0.0 <= m["data_wait"] < 1.0 and m["images_per_s"] > 0
         assert m["ranks_in_sync"], "DDP must leave bit-identical parameters on both ranks"
+        assert m["stopped_by_time"] is False
     state = torch.load(trained_run / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     meta = json.loads((trained_run / "model.json").read_text())
-    assert meta["preset"] == "tiny" and meta["preprocess"]["num_superpixels"] == 100
+    assert meta["preset"] == "tiny" and meta["preprocess"]["num_superpixels"] == 100 and meta["dim"] == 128
     assert meta["class_names"][0] and len(meta["class_names"]) == 6
     model, _ = load_model(trained_run)
     assert model(torch.zeros(1, 3, 17, 23)).shape == (1, 128, 17, 23)
@@ -96,11 +99,25 @@ def test_resume_continues_at_the_next_epoch_and_step(train_shards: Path, tmp_pat
     resumed = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "2", "--resume", *TINY, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert [(m["epoch"], m["step"]) for m in metrics] == [(0, 6), (1, 12)]
+    assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 6), (2, 12)]
     assert read_jsonl(run / "events.jsonl")[0] == {**read_jsonl(run / "events.jsonl")[0], "event": "restored", "epoch": 1, "step": 6}
 
 
-def test_a_killed_worker_is_restored_from_the_last_checkpoint(train_shards: Path, tmp_path: Path) -> None:
+TIMING = {"images_per_s", "data_wait", "seconds"}
+
+
+def same_run(first: Path, second: Path) -> None:
+    """Two runs' metrics agree but for timings, and their final weights bit for bit."""
+    strip = lambda path: [{k: v for k, v in m.items() if k not in TIMING} for m in read_jsonl(path / "metrics.jsonl")]
+    assert strip(first) == strip(second)
+    weights = torch.load(first / "model.pt", weights_only=True), torch.load(second / "model.pt", weights_only=True)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_killed_worker_is_restored_and_the_run_ends_as_if_nothing_happened(train_shards: Path, tmp_path: Path) -> None:
+    """Restored from the last checkpoint, the run ends exactly like an uninterrupted run with the same seed:
+    the crops and their order depend on (seed, epoch, image) only, never on timing or on which process made them."""
     run = tmp_path / "run"
     args = [*SPIX, "train", "--shards", str(train_shards), "--out", str(run), "--epochs", "4", *TINY]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -118,9 +135,36 @@ def test_a_killed_worker_is_restored_from_the_last_checkpoint(train_shards: Path
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr[-3000:]
-    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
     assert any(e["event"] == "restored" for e in read_jsonl(run / "events.jsonl"))
-    assert (run / "model.pt").exists()
+    again = tmp_path / "again"
+    result = run_spix("train", "--shards", str(train_shards), "--out", str(again), "--epochs", "4", *TINY, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same_run(run, again)
+
+
+def test_one_ray_worker_trains_exactly_like_the_single_process_loop(train_shards: Path, tmp_path: Path) -> None:
+    """`spix train --workers 1` and `train_without_ray` share the plan, the crops, the step and the epoch loop."""
+    run = tmp_path / "run"
+    args = ["--preset", "tiny", "--crop", "64", "--batch-size", "4", "--lr", "0.001", "--workers", "1", "--epochs", "1"]
+    result = run_spix("train", "--shards", str(train_shards), "--out", str(run), *args, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.set_num_threads(1)  # a Ray Train worker holding one CPU runs torch on one thread
+    config = TrainConfig(str(train_shards), "", workers=1, epochs=1, batch_size=4, crop=64, lr=1e-3, preset="tiny")
+    model, counters = train_without_ray(config)
+    assert counters["steps"] == read_jsonl(run / "metrics.jsonl")[0]["step"] == 12
+    trained = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+
+
+def test_max_minutes_stops_cleanly_after_the_first_epoch_past_the_limit(train_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "5", "--max-minutes", "0.001",
+                      *TINY, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [(m["epoch"], m["stopped_by_time"]) for m in metrics] == [(1, True)]
+    assert (run / "model.pt").exists() and "stopped after epoch 1" in result.stdout
 
 
 def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> None:

@@ -25,11 +25,13 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, config: dict[str, Any]) -> None:
-    torch.save(
-        {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "config": config},
-        folder / STATE_FILE,
-    )
+def save_training_state(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, config: dict[str, Any],
+    feature_basis: dict[str, Any] | None = None,
+) -> None:
+    """`epoch` is the number of finished epochs; `feature_basis` the run-wide principal axes (see embedding.py)."""
+    state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "config": config}
+    torch.save({**state, "feature_basis": feature_basis}, folder / STATE_FILE)
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:
@@ -40,6 +42,11 @@ def write_final_model(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: 
     """RUN/model.pt (state dict) and RUN/model.json: all inference needs, without Ray."""
     torch.save(state_dict, run_dir / MODEL_FILE)
     (run_dir / MODEL_META).write_text(json.dumps(meta, indent=1))
+
+
+def embedding_dim(state_dict: dict[str, torch.Tensor]) -> int:
+    """The embedding size D of a FeatureExtractor's weights: the channels of its last BN."""
+    return int(state_dict["head.1.weight"].shape[0])
 
 
 def find_model_files(run_or_file: Path) -> tuple[Path, Path]:
@@ -72,6 +79,7 @@ def newest_finished_run(runs_dir: Path) -> Path:
 
 
 def model_meta(preset: str, dim: int, preprocess_params: dict[str, Any], class_names: list[str], train_config: dict[str, Any]) -> dict[str, Any]:
+    """model.json: what rebuilds the network (widths, embedding size) and how it was made."""
     return {
         "preset": preset,
         "widths": list(PRESETS[preset]),

@@ -1,22 +1,25 @@
-"""Training samples from shard rows: random rescale + crop + flip, then collation with padding.
+"""Training crops from shard rows: random rescale + crop + flip, per-crop superpixel labels, fixed-width columns.
 
 The same geometric transform is applied to the image (bilinear), the label map and the superpixel
 map (nearest); superpixel ids are re-indexed to those present in the crop and each superpixel's
-label and purity are recomputed for the crop. Plain numpy, so it runs without Ray.
+label and purity are recomputed for the crop. `crop_task` is the plain function the training data
+stage maps (on Ray Data, or in-process without Ray): row groups in, columns of ready crops out.
+Every per-superpixel column is padded to one width for the whole run, so batches have fixed shapes
+and the training step never has to ask the device how many superpixels a batch holds.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from spix.pipeline.imageio import decode_labels, decode_rgb
-from spix.pipeline.shards import decode_superpixels
+from spix.pipeline.shards import RowGroup, decode_superpixels, read_row_group, table_rows
 from spix.pipeline.superpixels import majority_labels, relabel_contiguous
 
 TRAIN_COLUMNS = ["image_id", "image", "labels", "superpixels", "height", "width"]
@@ -66,7 +69,7 @@ def random_crop(
     return Crop(np.ascontiguousarray(image), crop_labels, crop_superpixels, sp_label, sp_purity)
 
 
-def crop_row(row: dict[str, Any], crop: int, num_labels: int, seed: int, epoch: int) -> Crop:
+def crop_row(row: Mapping[str, Any], crop: int, num_labels: int, seed: int, epoch: int) -> Crop:
     """Decode a shard row and crop it with its deterministic per-(seed, epoch, image) randomness."""
     rgb = decode_rgb(row["image"])
     labels = decode_labels(row["labels"]).astype(np.uint8)
@@ -74,42 +77,68 @@ def crop_row(row: dict[str, Any], crop: int, num_labels: int, seed: int, epoch: 
     return random_crop(rgb, labels, superpixels, crop, num_labels, sample_rng(seed, epoch, str(row["image_id"])))
 
 
+def stack_crops(crops: Sequence[Crop], slots: int, keys: Sequence[int]) -> dict[str, np.ndarray]:
+    """Crops -> fixed-shape columns; per-superpixel values right-padded with zeros to `slots` per crop.
+
+    `keys` identify the images (their position in the run's row list) so a batch can be traced back.
+    A crop with more superpixels than `slots` is an error: its ids would land in another crop's slots.
+    """
+    counts = np.array([len(c.sp_label) for c in crops], dtype=np.int64)
+    if len(crops) and counts.max() > slots:
+        raise ValueError(f"a crop has {counts.max()} superpixels, more than the {slots} slots of this run")
+    column = np.arange(slots)[None, :] < counts[:, None]  # (n, slots): True where a superpixel exists
+    sp_label = np.zeros((len(crops), slots), dtype=np.uint8)
+    sp_purity = np.zeros((len(crops), slots), dtype=np.float32)
+    if len(crops):
+        sp_label[column] = np.concatenate([c.sp_label for c in crops])
+        sp_purity[column] = np.concatenate([c.sp_purity for c in crops])
+    return {
+        "key": np.asarray(keys, dtype=np.int64),
+        "images": np.stack([c.rgb for c in crops]),
+        "labels": np.stack([c.labels for c in crops]),
+        "superpixels": np.stack([c.superpixels.astype(np.int32) for c in crops]),
+        "sp_label": sp_label,
+        "sp_purity": sp_purity,
+    }
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """What a crop task needs besides its rows: the same for every task of a run."""
+
+    groups: tuple[RowGroup, ...]  # the run's training row groups; tasks refer to them by index
+    first_keys: tuple[int, ...]  # key of each group's first row (keys count rows over all groups)
+    crop: int
+    num_labels: int
+    slots: int  # superpixel slots per crop: the most superpixels any training image has
+    seed: int
+
+
+def crop_task(epoch: int, groups: Sequence[int], rows: Sequence[int], settings: CropSettings) -> dict[str, np.ndarray]:
+    """The training data stage: read the row groups a task needs and crop its rows, in the task's order.
+
+    `groups[i]`, `rows[i]` name the i-th image of the task (row group index, row within it). Plain
+    function: Ray Data maps it over tasks on the cluster's CPUs; `train_without_ray` calls it directly.
+    """
+    tables = {g: list(table_rows(read_row_group(settings.groups[g], TRAIN_COLUMNS))) for g in sorted(set(groups))}
+    crops = [
+        crop_row(tables[g][r], settings.crop, settings.num_labels, settings.seed, epoch) for g, r in zip(groups, rows)
+    ]
+    keys = [settings.first_keys[g] + r for g, r in zip(groups, rows)]
+    return stack_crops(crops, settings.slots, keys)
+
+
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, H, W, 3) uint8
-    labels: torch.Tensor  # (B, H, W) long
-    superpixels: torch.Tensor  # (B, H, W) long
-    num_superpixels: torch.Tensor  # (B,) long
-    sp_label: torch.Tensor  # (B, S_max) long, 0 in padding
-    sp_purity: torch.Tensor  # (B, S_max) float, 0 in padding
+    """One training batch on its device; fixed shapes for a whole run."""
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
+    images: torch.Tensor  # (B, C, C, 3) uint8
+    labels: torch.Tensor  # (B, C, C) uint8
+    superpixels: torch.Tensor  # (B, C, C) int32, ids below sp_label.shape[1]
+    sp_label: torch.Tensor  # (B, S) uint8, 0 in padding
+    sp_purity: torch.Tensor  # (B, S) float32, 0 in padding
 
-
-def pad_stack(arrays: Sequence[np.ndarray], length: int, dtype: torch.dtype) -> torch.Tensor:
-    """Right-pad 1-D arrays with zeros to a common length and stack them."""
-    out = torch.zeros(len(arrays), length, dtype=dtype)
-    for index, values in enumerate(arrays):  # one copy per image, not per superpixel
-        out[index, : len(values)] = torch.as_tensor(values.astype(np.float32) if dtype.is_floating_point else values.astype(np.int64))
-    return out
-
-
-def collate(crops: Sequence[Crop]) -> Batch:
-    """Same-size crops -> one padded batch (superpixel counts differ per image)."""
-    counts = [len(c.sp_label) for c in crops]
-    s_max = max(counts)
-    return Batch(
-        images=torch.from_numpy(np.stack([c.rgb for c in crops])),
-        labels=torch.from_numpy(np.stack([c.labels for c in crops]).astype(np.int64)),
-        superpixels=torch.from_numpy(np.stack([c.superpixels for c in crops]).astype(np.int64)),
-        num_superpixels=torch.tensor(counts, dtype=torch.long),
-        sp_label=pad_stack([c.sp_label for c in crops], s_max, torch.long),
-        sp_purity=pad_stack([c.sp_purity for c in crops], s_max, torch.float32),
-    )
-
-
-def rows_of(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """A columnar numpy batch (Ray Data) -> a list of row dicts."""
-    keys = list(batch)
-    return [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any], device: torch.device | str = "cpu") -> "Batch":
+        """From crop columns (numpy arrays or tensors, e.g. Ray Data's torch batches); other columns are ignored."""
+        return cls(**{name: torch.as_tensor(columns[name]).to(device, non_blocking=True) for name in cls.__dataclass_fields__})

@@ -1,8 +1,9 @@
 """`spix train`: DDP training on Ray Train (TorchTrainer), reading the Parquet shards with Ray Data.
 
-`train_worker` runs in every Ray Train worker and calls the plain PyTorch pieces of trainer.loop;
-`run_training` is the driver side: checks the input, builds the datasets and the trainer, and writes
-RUN/model.pt + RUN/model.json from the last checkpoint.
+`train_worker` runs in every Ray Train worker: it streams its planned crops from a Ray Data pipeline
+(trainer.feed) into the plain epoch loop of trainer.loop. `run_training` is the driver side: checks the
+input, lists the training row groups, runs the trainer, and writes RUN/model.pt + RUN/model.json from
+the last checkpoint.
 """
 
 from __future__ import annotations
@@ -12,24 +13,35 @@ import json
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from spix.pipeline.shards import ShardFormatError, read_manifest, row_to_sample, shard_paths
+from spix.pipeline.shards import ShardFormatError, list_row_groups, read_manifest
 from spix.trainer.checkpoint import (
+    embedding_dim,
     load_training_state,
     model_meta,
     save_training_state,
     unwrap,
     write_final_model,
 )
-from spix.trainer.data import TRAIN_COLUMNS, Batch, collate, crop_row, rows_of
-from spix.trainer.loop import LossConfig, train_step, validate
+from spix.trainer.config import TrainConfig
+from spix.trainer.embedding import EmbeddingMoments
+from spix.trainer.feed import crop_settings, ray_batches, training_plan, validation_samples
+from spix.trainer.loop import (
+    EpochTotals,
+    StepFn,
+    learning_rate,
+    out_of_time,
+    planned_steps,
+    run_epoch,
+    step_function,
+    validate,
+)
 from spix.trainer.metrics import pair_scores_auc
 from spix.trainer.model import build_model
 
@@ -40,31 +52,6 @@ RAY_DIR = "ray"  # Ray Train's storage (checkpoints) inside the run folder
 
 class TrainingInputError(ValueError):
     """Input that makes training impossible (no shards, too little data); one clear line for the user."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    shards: str
-    out: str
-    workers: int = 2
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    preset: str = "paper"
-    loss: str = "superpixel"
-    pixel_samples: int = 1024
-    min_purity: float = 0.5
-    crop: int = 224
-    gpu: bool = False
-    amp: bool = False
-    seed: int = 0
-    loader_threads: int = 2
-    val_max_images: int = 200
-    max_failures: int = 3
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(self.loss, self.pixel_samples, self.min_purity)
 
 
 def check_training_input(config: TrainConfig) -> dict[str, Any]:
@@ -85,12 +72,6 @@ def check_training_input(config: TrainConfig) -> dict[str, Any]:
     return manifest
 
 
-def crops_of(batch: dict[str, np.ndarray], pool: ThreadPoolExecutor, config: TrainConfig, num_labels: int, epoch: int) -> Batch:
-    """Decode and crop a batch of rows in a thread pool (PIL releases the GIL), then collate."""
-    rows = rows_of(batch)
-    return collate(list(pool.map(lambda row: crop_row(row, config.crop, num_labels, config.seed, epoch), rows)))
-
-
 def reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum numbers across workers (all_reduce); identity without a process group."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -107,23 +88,28 @@ def gather_objects(value: Any) -> list[Any]:
     return [value]
 
 
-def validation_samples() -> Iterator:
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int, dict[str, Any] | None]:
+    """(first epoch, global step, feature basis) after loading Ray Train's latest checkpoint, if any."""
     import ray.train
 
-    shard = ray.train.get_dataset_shard("validation")
-    for row in shard.iter_rows():
-        yield row_to_sample(row)
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0, 0, None
+    with checkpoint.as_directory() as folder:
+        state = load_training_state(Path(folder))
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"], state["step"], state.get("feature_basis")
 
 
 def train_worker(config_dict: dict[str, Any]) -> None:
-    """Per-worker training function (Ray Train): model, DDP, epochs, checkpoints, metrics."""
+    """Per-worker training function (Ray Train): model, DDP, the epoch stream, checkpoints, metrics."""
     import ray.train
     import ray.train.torch
 
     config = TrainConfig(**config_dict["train"])
-    num_labels = config_dict["num_labels"]
     context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank, workers = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)  # identical initial weights everywhere (DDP also broadcasts rank 0's)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     device = ray.train.torch.get_device()
@@ -132,65 +118,85 @@ def train_worker(config_dict: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = load_training_state(Path(folder))
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+    finished_epochs, step, basis = restore(model, optimizer)
     if rank == 0:
-        keep_metrics_before(Path(config.out) / METRICS_FILE, start_epoch)
-        if checkpoint:
-            log_event(Path(config.out), {"event": "restored", "epoch": start_epoch, "step": step})
-    generator = torch.Generator(device=device).manual_seed(config.seed + rank)
-    train_shard = ray.train.get_dataset_shard("training")
-    with ThreadPoolExecutor(config.loader_threads) as pool:
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            sums = np.zeros(4)  # loss, pos_dist, neg_dist, steps
-            images = 0
-            batches = train_shard.iter_batches(
-                batch_size=config.batch_size, batch_format="numpy", drop_last=True,
-                local_shuffle_buffer_size=4 * config.batch_size, local_shuffle_seed=config.seed + 1000 * epoch + rank,
-            )
-            for raw in batches:
-                batch = crops_of(raw, pool, config, num_labels, epoch).to(device)
-                stats = train_step(model, batch, optimizer, config.loss_config(), config.amp, generator)
-                sums += [stats["loss"], stats["pos_dist"], stats["neg_dist"], 1]
-                images += len(batch.num_superpixels)
-                step += 1
-            train_seconds = time.perf_counter() - started
-            total_loss, total_pos, total_neg, total_steps, total_images = reduce_sum([*sums, images], device)
-            part = validate(unwrap(model), validation_samples(), device, config.min_purity, seed=config.seed, amp=config.amp)
-            parts = gather_objects(part)
-            val_images = sum(p.images for p in parts)
-            metrics = {
-                "epoch": epoch,
-                "step": step,  # equal on every rank: the streaming split gives each the same number of batches
-                "train_loss": total_loss / max(total_steps, 1),
-                "pos_dist": total_pos / max(total_steps, 1),
-                "neg_dist": total_neg / max(total_steps, 1),
-                "images_per_s": total_images / train_seconds,
-                "val_loss": sum(p.loss_sum for p in parts) / max(val_images, 1),
-                "val_pair_auc": pair_scores_auc(np.concatenate([p.scores for p in parts]), np.concatenate([p.positives for p in parts])),
-                "val_images": val_images,
-                "seconds": time.perf_counter() - started,
-                "workers": context.get_world_size(),
-                "ranks_in_sync": len(set(gather_objects(parameter_digest(model)))) == 1,
-            }
-            report_epoch(model, optimizer, epoch, step, metrics, config, rank)
+        keep_metrics_before(Path(config.out) / METRICS_FILE, finished_epochs)
+        if finished_epochs:
+            log_event(Path(config.out), {"event": "restored", "epoch": finished_epochs, "step": step})
+    plan = training_plan(config, config_dict["groups"], workers)
+    settings = crop_settings(config, config_dict["groups"], config_dict["manifest"])
+    batches = ray_batches(
+        plan, rank, finished_epochs, config.epochs, settings, device, config.prefetch_batches, config.deterministic,
+    )
+    train_step = config_dict["make_step"](config, device, rank)
+    horizon = config.epochs * plan.steps_per_epoch
+    started = time.perf_counter()
+    for epoch in range(finished_epochs, config.epochs):
+        totals = run_epoch(model, batches, plan.steps_per_epoch, optimizer, train_step, lambda s: learning_rate(config, s, horizon), step)
+        step += totals.steps
+        metrics, basis = epoch_metrics(model, config, epoch + 1, step, totals, device, rank, workers, basis)
+        metrics["lr"] = learning_rate(config, step - 1, horizon)
+        # Rank 0's clock decides when to stop and how long the schedule still runs, for every rank alike.
+        seconds, session_epochs = time.perf_counter() - started, epoch + 1 - finished_epochs
+        decided = [out_of_time(config, seconds), planned_steps(config, plan.steps_per_epoch, epoch + 1, session_epochs, seconds)]
+        stop, horizon = reduce_sum([float(v) if rank == 0 else 0.0 for v in decided], device)
+        horizon = int(horizon)
+        metrics["stopped_by_time"] = stop > 0
+        report_epoch(model, optimizer, epoch + 1, step, metrics, config, rank, basis)
+        if stop > 0:
+            break
 
 
-def report_epoch(model, optimizer, epoch: int, step: int, metrics: dict[str, Any], config: TrainConfig, rank: int) -> None:
+def epoch_metrics(
+    model: torch.nn.Module, config: TrainConfig, epoch: int, step: int, totals: EpochTotals, device: torch.device,
+    rank: int, workers: int, basis: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The epoch's metrics line (summed over workers) and the feature basis of the validation embeddings."""
+    summed = reduce_sum(
+        [totals.loss_sum, totals.pos_dist_sum, totals.neg_dist_sum, totals.steps, totals.images, totals.data_wait_s / totals.seconds],
+        device,
+    )
+    loss_sum, pos_sum, neg_sum, steps, images, wait_fraction = summed
+    samples = validation_samples(config.shards, config.val_max_images, rank, workers)
+    parts = gather_objects(validate(unwrap(model), samples, device, config.min_purity, seed=config.seed, amp=config.amp))
+    val_images = sum(p.images for p in parts)
+    moments = [p.moments for p in parts if p.moments is not None]
+    if moments:
+        merged = EmbeddingMoments(len(moments[0].first))
+        for m in moments:
+            merged.merge(m)
+        basis = {**merged.principal_basis(), "images": val_images, "source": "validation superpixel embeddings, area-weighted"}
+    metrics = {
+        "epoch": epoch,  # 1-based: the number of epochs finished
+        "step": step,  # equal on every rank: the plan gives each the same number of batches
+        "train_loss": loss_sum / max(steps, 1),
+        "pos_dist": pos_sum / max(steps, 1),
+        "neg_dist": neg_sum / max(steps, 1),
+        "images_per_s": images / totals.seconds,
+        "data_wait": wait_fraction / workers,  # share of the step loop spent waiting for batches
+        "val_loss": sum(p.loss_sum for p in parts) / max(val_images, 1) if val_images else float("nan"),
+        "val_pair_auc": pair_scores_auc(np.concatenate([p.scores for p in parts]), np.concatenate([p.positives for p in parts])),
+        "val_images": val_images,
+        "seconds": totals.seconds,
+        "workers": workers,
+        "ranks_in_sync": len(set(gather_objects(parameter_digest(model)))) == 1,
+    }
+    if device.type == "cuda":
+        metrics["peak_gpu_memory_gib"] = max(gather_objects(totals.peak_memory_bytes)) / 2**30
+    return metrics, basis
+
+
+def report_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, metrics: dict[str, Any],
+    config: TrainConfig, rank: int, basis: dict[str, Any] | None,
+) -> None:
     """Rank 0 saves the checkpoint and appends the metrics line; every rank reports (Ray Train needs all)."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            save_training_state(Path(folder), model, optimizer, epoch, step, asdict(config))
+            save_training_state(Path(folder), model, optimizer, epoch, step, asdict(config), basis)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
     if rank == 0:
@@ -216,10 +222,10 @@ def log_event(run_dir: Path, event: dict[str, Any]) -> None:
         handle.write(json.dumps({**event, "time": time.time()}) + "\n")
 
 
-def keep_metrics_before(path: Path, epoch: int) -> None:
+def keep_metrics_before(path: Path, finished_epochs: int) -> None:
     """After a restore, drop metric lines of epochs that will be trained again (no duplicates)."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= finished_epochs]
         path.write_text("".join(line + "\n" for line in lines))
 
 
@@ -228,12 +234,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def run_training(config: TrainConfig, address: str = "", resume: bool = False, on_epoch=lambda metrics: None) -> Path:
-    """Driver: check input, start Ray, fit with TorchTrainer, write RUN/model.pt and RUN/model.json."""
+def run_training(
+    config: TrainConfig, address: str = "", resume: bool = False, on_epoch: Callable[[dict[str, Any]], None] = lambda metrics: None,
+    make_step: Callable[[TrainConfig, torch.device, int], StepFn] = step_function,
+) -> Path:
+    """Driver: check input, start Ray, fit with TorchTrainer, write RUN/model.pt and RUN/model.json.
+
+    `make_step(config, device, rank)` builds each worker's training step; benchmarks swap in a stand-in.
+    """
     import threading
 
-    import ray
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -247,14 +257,11 @@ def run_training(config: TrainConfig, address: str = "", resume: bool = False, o
         raise TrainingInputError(f"--resume: {run_dir} holds no run to continue")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(**{**asdict(config), "out": str(run_dir), "shards": absolute_uri(config.shards)})
+    groups = list_row_groups(config.shards, "training")
     init_ray(address, num_cpus=local_cpus(config))
-    datasets = {
-        "training": ray.data.read_parquet(shard_paths(config.shards, "training"), columns=TRAIN_COLUMNS),
-        "validation": ray.data.read_parquet(shard_paths(config.shards, "validation"), columns=VALIDATION_COLUMNS).limit(config.val_max_images),
-    }
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": asdict(config), "num_labels": manifest["params"]["num_classes"] + 1},
+        train_loop_config={"train": asdict(config), "groups": groups, "manifest": manifest, "make_step": make_step},
         torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu, resources_per_worker=worker_resources(config)),
         run_config=RunConfig(
@@ -262,7 +269,6 @@ def run_training(config: TrainConfig, address: str = "", resume: bool = False, o
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets=datasets,
     )
     outcome: dict[str, Any] = {}
 
@@ -286,11 +292,9 @@ def run_training(config: TrainConfig, address: str = "", resume: bool = False, o
         raise RuntimeError(f"training failed: {outcome.get('error') or getattr(result, 'error', 'no checkpoint')}")
     with result.checkpoint.as_directory() as folder:
         state = load_training_state(Path(folder))
-    write_final_model(run_dir, state["model"], model_meta(config.preset, 128, manifest["params"], manifest.get("class_names", []), asdict(config)))
+    meta = model_meta(config.preset, embedding_dim(state["model"]), manifest["params"], manifest.get("class_names", []), asdict(config))
+    write_final_model(run_dir, state["model"], {**meta, "feature_basis": state.get("feature_basis")})
     return run_dir
-
-
-VALIDATION_COLUMNS = ["image_id", "image", "labels", "superpixels", "height", "width", "sp_area", "sp_label", "sp_purity", "sp_centroid", "sp_mean_rgb"]
 
 
 def absolute_uri(uri: str) -> str:

@@ -1,33 +1,35 @@
-"""The plain PyTorch training step, validation pass and superpixel embedding (no Ray inside).
+"""The plain PyTorch training step, epoch loop and validation pass (no Ray inside).
 
-Ray Train's per-worker function calls these; so can a plain script or a test.
+Ray Train's per-worker function and `train_without_ray` both run `run_epoch`; a test or a benchmark
+can call any of these directly. The step leaves its statistics on the device: an epoch reads them back
+once, so the host never waits for the GPU between steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+import functools
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from spix.pipeline.shards import Sample
+from spix.pipeline.shards import Sample, list_row_groups, read_manifest
+from spix.trainer.config import TrainConfig
 from spix.trainer.data import Batch
-from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
+from spix.trainer.embedding import EmbeddingMoments, embed_superpixels
+from spix.trainer.feed import crop_settings, local_batches, training_plan
+from spix.trainer.losses import LossConfig, pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.metrics import image_pair_scores
-from spix.trainer.embedding import embed_superpixels
-from spix.trainer.model import autocast, normalize_images
+from spix.trainer.model import autocast, build_model, normalize_images
 from spix.trainer.pooling import superpixel_pool
 
-LOSSES = ("superpixel", "pixel")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "superpixel"
-    pixel_samples: int = 1024
-    min_purity: float = 0.5
+StepFn = Callable[[nn.Module, Batch, torch.optim.Optimizer], torch.Tensor]
+FINAL_LR_FRACTION = 0.02  # where the cosine schedule ends, relative to the peak rate
 
 
 def compute_loss(model: nn.Module, batch: Batch, loss: LossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
@@ -42,16 +44,98 @@ def compute_loss(model: nn.Module, batch: Batch, loss: LossConfig, generator: to
 def train_step(
     model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, loss: LossConfig, amp: bool = False,
     generator: torch.Generator | None = None,
-) -> dict[str, float]:
-    """One optimisation step; returns loss and mean positive/negative pair distances."""
+) -> torch.Tensor:
+    """One optimisation step; returns (loss, mean positive pair distance, mean negative pair distance)
+    as a float32 tensor on the batch's device, without waiting for it."""
     model.train()
-    device = batch.images.device
-    with autocast(device, amp):
+    with autocast(batch.images.device, amp):
         value, stats = compute_loss(model, batch, loss, generator)
     optimizer.zero_grad(set_to_none=True)
     value.backward()
     optimizer.step()
-    return {"loss": float(value.detach()), "pos_dist": float(stats["pos_dist"]), "neg_dist": float(stats["neg_dist"])}
+    return torch.stack([value.detach().float(), stats["pos_dist"].float(), stats["neg_dist"].float()])
+
+
+def step_function(config: TrainConfig, device: torch.device, rank: int = 0) -> StepFn:
+    """The run's training step: its loss, autocast and (for the pixel loss) a seeded pixel sampler."""
+    generator = torch.Generator(device=device).manual_seed(config.seed + rank)
+    return functools.partial(train_step, loss=config.loss_config(), amp=config.amp, generator=generator)
+
+
+@dataclass
+class EpochTotals:
+    """One worker's epoch: sums of the step statistics and where the time went."""
+
+    steps: int
+    images: int
+    loss_sum: float
+    pos_dist_sum: float
+    neg_dist_sum: float
+    seconds: float  # wall time of the epoch's steps
+    data_wait_s: float  # of which waiting for the next batch
+    peak_memory_bytes: int  # peak GPU memory of the epoch (0 on CPU)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def run_epoch(
+    model: nn.Module, batches: Iterator[Batch], steps: int, optimizer: torch.optim.Optimizer, step: StepFn,
+    learning_rate: Callable[[int], float] | None = None, first_step: int = 0,
+) -> EpochTotals:
+    """`steps` training steps on the next batches; the step statistics are read back once, at the end.
+
+    `learning_rate(global step)` sets the rate before each step.
+    """
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sums = torch.zeros(3, device=device)
+    images, waited = 0, 0.0
+    start = time.perf_counter()
+    for index in range(steps):
+        before = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - before
+        if learning_rate is not None:
+            set_learning_rate(optimizer, learning_rate(first_step + index))
+        sums += step(model, batch, optimizer)
+        images += batch.images.shape[0]
+    loss, pos, neg = sums.tolist()  # the epoch's one wait for the device
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return EpochTotals(steps, images, loss, pos, neg, time.perf_counter() - start, waited, peak)
+
+
+def learning_rate(config: TrainConfig, step: int, horizon: int) -> float:
+    """The rate of a global step: linear warm-up over `warmup_steps`, then constant, or a cosine from `lr`
+    down to FINAL_LR_FRACTION of it at step `horizon` (and flat after it)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, horizon - config.warmup_steps))
+    return config.lr * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def planned_steps(config: TrainConfig, steps_per_epoch: int, finished_epochs: int, session_epochs: int, session_seconds: float) -> int:
+    """The step the schedule ends at: every epoch up to --epochs; with --max-minutes, the epochs that
+    still fit at this session's pace (the stop comes at the end of the first epoch past the limit)."""
+    epochs = config.epochs
+    if config.max_minutes > 0 and session_epochs > 0:
+        pace = session_seconds / session_epochs
+        epochs = min(epochs, finished_epochs + max(0, math.ceil((60 * config.max_minutes - session_seconds) / pace)))
+    return epochs * steps_per_epoch
+
+
+def out_of_time(config: TrainConfig, session_seconds: float) -> bool:
+    return config.max_minutes > 0 and session_seconds >= 60 * config.max_minutes
+
+
+def pair_rng(seed: int, image_id: str) -> np.random.Generator:
+    """Pair sampling of one validation image: the same pairs whichever worker scores it."""
+    return np.random.default_rng([seed, zlib.crc32(image_id.encode())])
 
 
 @dataclass
@@ -62,6 +146,7 @@ class ValidationPart:
     images: int
     scores: np.ndarray  # -d_ij of sampled superpixel pairs
     positives: np.ndarray  # same-label flags of those pairs
+    moments: EmbeddingMoments | None = field(default=None)  # area-weighted embedding moments (feature basis)
 
 
 def validate(
@@ -69,8 +154,8 @@ def validate(
     max_pairs_per_image: int = 2000, seed: int = 0, amp: bool = False,
 ) -> ValidationPart:
     """Superpixel loss and pair scores on full validation images (the shard's own superpixel labels)."""
-    rng = np.random.default_rng(seed)
     loss_sum, images, scores, positives = 0.0, 0, [], []
+    moments = None
     for sample in samples:
         emb = embed_superpixels(model, sample.rgb, sample.superpixels, device, amp)
         valid = sample.sp_purity >= min_purity
@@ -78,43 +163,43 @@ def validate(
             torch.from_numpy(emb)[None], torch.from_numpy(sample.sp_label.astype(np.int64))[None],
             torch.from_numpy(sample.sp_purity)[None], torch.ones(1, len(emb), dtype=torch.bool), min_purity,
         )
-        s, p = image_pair_scores(emb, sample.sp_label, valid, max_pairs_per_image, rng)
+        s, p = image_pair_scores(emb, sample.sp_label, valid, max_pairs_per_image, pair_rng(seed, sample.image_id))
+        moments = moments or EmbeddingMoments(emb.shape[1])
+        moments.add(emb, sample.sp_area)
         loss_sum, images = loss_sum + float(value), images + 1
         scores.append(s)
         positives.append(p)
     return ValidationPart(
         loss_sum, images,
         np.concatenate(scores) if scores else np.zeros(0), np.concatenate(positives) if positives else np.zeros(0, bool),
+        moments,
     )
 
 
-def train_without_ray(
-    shards_uri: str, preset: str = "tiny", epochs: int = 1, batch_size: int = 4, crop: int = 64, lr: float = 1e-3,
-    seed: int = 0, loss: LossConfig = LossConfig(), time_budget_s: float | None = None, device: str = "cpu",
-) -> tuple[nn.Module, dict[str, float]]:
+def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Module, dict[str, float]]:
     """Single-process training on a shard folder: the path for a machine without Ray, tests and benchmarks.
 
-    Returns the model and counters (steps, seconds). `time_budget_s` stops after that much training time.
+    The same plan, crops, step, schedule and epoch loop as `spix train` with one worker, the crops made in
+    this process; `config.max_minutes` ends it the same way. Returns the model and counters (epochs,
+    steps, seconds).
     """
-    import time
-
-    from spix.pipeline.shards import iter_rows, read_manifest
-    from spix.trainer.data import collate, crop_row
-    from spix.trainer.model import build_model
-
-    torch.manual_seed(seed)
-    num_labels = read_manifest(shards_uri)["params"]["num_classes"] + 1
-    model = build_model(preset).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    steps, start = 0, time.perf_counter()
-    for epoch in range(epochs):
-        rows = list(iter_rows(shards_uri, "training"))
-        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
-        for first in range(0, len(order) - batch_size + 1, batch_size):
-            crops = [crop_row(rows[i], crop, num_labels, seed, epoch) for i in order[first : first + batch_size]]
-            train_step(model, collate(crops).to(device), optimizer, loss, generator=generator)
-            steps += 1
-            if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
-                return model, {"steps": steps, "seconds": time.perf_counter() - start}
-    return model, {"steps": steps, "seconds": time.perf_counter() - start}
+    torch.manual_seed(config.seed)
+    device = torch.device(device)
+    manifest = read_manifest(config.shards)
+    groups = list_row_groups(config.shards, "training")
+    plan = training_plan(config, groups, workers=1)
+    settings = crop_settings(config, groups, manifest)
+    model = build_model(config.preset).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = step_function(config, device)
+    batches = local_batches(plan.stream(0, 0, config.epochs), settings, config.batch_size, device)
+    horizon, steps, epochs = config.epochs * plan.steps_per_epoch, 0, 0
+    start = time.perf_counter()
+    while epochs < config.epochs:
+        run_epoch(model, batches, plan.steps_per_epoch, optimizer, step, lambda s: learning_rate(config, s, horizon), steps)
+        steps, epochs = steps + plan.steps_per_epoch, epochs + 1
+        seconds = time.perf_counter() - start
+        if out_of_time(config, seconds):
+            break
+        horizon = planned_steps(config, plan.steps_per_epoch, epochs, epochs, seconds)
+    return model, {"epochs": epochs, "steps": steps, "seconds": time.perf_counter() - start}

@@ -1,0 +1,89 @@
+"""The epoch loop, the learning-rate schedule, the time budget and validation, without Ray."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from spix.pipeline.shards import iter_samples
+from spix.trainer.config import TrainConfig
+from spix.trainer.data import Batch
+from spix.trainer.loop import FINAL_LR_FRACTION, learning_rate, out_of_time, planned_steps, run_epoch, validate
+from spix.trainer.model import build_model
+
+CONFIG = TrainConfig("", "", lr=0.01, epochs=10, schedule="cosine", warmup_steps=4)
+
+
+def test_warm_up_is_linear_and_the_cosine_ends_at_its_floor() -> None:
+    assert [learning_rate(CONFIG, s, 100) for s in range(4)] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
+    assert learning_rate(CONFIG, 4, 100) == pytest.approx(0.01)
+    middle = 4 + (100 - 4) / 2
+    assert learning_rate(CONFIG, int(middle), 100) == pytest.approx(0.01 * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) / 2))
+    assert learning_rate(CONFIG, 100, 100) == pytest.approx(0.01 * FINAL_LR_FRACTION)
+    assert learning_rate(CONFIG, 500, 100) == pytest.approx(0.01 * FINAL_LR_FRACTION), "flat after the horizon"
+    rates = [learning_rate(CONFIG, s, 100) for s in range(4, 101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:])), "never rises after the warm-up"
+    constant = replace(CONFIG, schedule="constant")
+    assert learning_rate(constant, 3, 100) == pytest.approx(0.01) and learning_rate(constant, 90, 100) == 0.01
+
+
+def test_the_schedule_spans_the_epochs_that_fit_in_the_time_budget() -> None:
+    assert planned_steps(CONFIG, 7, 2, 2, 20.0) == 70, "no budget: every epoch of --epochs"
+    budget = replace(CONFIG, max_minutes=1.0)
+    assert planned_steps(budget, 7, 0, 0, 0.0) == 70, "no pace known yet"
+    assert planned_steps(budget, 7, 2, 2, 20.0) == 6 * 7, "10 s per epoch, 40 s left: 4 more epochs"
+    assert planned_steps(budget, 7, 2, 2, 21.0) == 6 * 7, "the stop comes at the end of the epoch past the limit"
+    assert planned_steps(budget, 7, 5, 2, 20.0) == 9 * 7, "a resumed run counts its finished epochs"
+    assert planned_steps(replace(budget, max_minutes=100.0), 7, 2, 2, 20.0) == 70, "--epochs still caps it"
+    assert not out_of_time(budget, 59.9) and out_of_time(budget, 60.0) and not out_of_time(CONFIG, 1e9)
+
+
+def tiny_batch(seed: int) -> Batch:
+    generator = torch.Generator().manual_seed(seed)
+    superpixels = torch.arange(16).repeat_interleave(4).reshape(8, 8).repeat(2, 1, 1)
+    return Batch(
+        images=torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8, generator=generator),
+        labels=torch.ones(2, 8, 8, dtype=torch.uint8),
+        superpixels=superpixels.int(),
+        sp_label=(torch.arange(16) % 3 + 1).repeat(2, 1).to(torch.uint8),
+        sp_purity=torch.ones(2, 16),
+    )
+
+
+def test_run_epoch_sums_the_step_statistics_and_measures_the_wait_for_data() -> None:
+    rates: list[float] = []
+
+    def batches():
+        for index in range(5):
+            time.sleep(0.05)  # a data path slower than the step
+            yield tiny_batch(index)
+
+    def step(model, batch, optimizer) -> torch.Tensor:
+        rates.append(optimizer.param_groups[0]["lr"])
+        return torch.tensor([1.0, 2.0, float(batch.images.shape[0])])
+
+    model = build_model("tiny", dim=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    totals = run_epoch(model, batches(), 4, optimizer, step, lambda s: 0.1 * s, first_step=10)
+    assert (totals.steps, totals.images) == (4, 8)
+    assert (totals.loss_sum, totals.pos_dist_sum, totals.neg_dist_sum) == (4.0, 8.0, 8.0)
+    assert rates == pytest.approx([1.0, 1.1, 1.2, 1.3]), "the rate of each global step, set before it"
+    assert 0.2 <= totals.data_wait_s <= totals.seconds and totals.peak_memory_bytes == 0
+
+
+def test_validation_scores_each_image_the_same_whatever_the_order(toy_shards) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    samples = list(iter_samples(str(toy_shards), "validation"))
+    forward = validate(model, samples, torch.device("cpu"), max_pairs_per_image=50)
+    backward = validate(model, samples[::-1], torch.device("cpu"), max_pairs_per_image=50)
+    assert forward.images == backward.images == len(samples)
+    assert math.isclose(forward.loss_sum, backward.loss_sum, rel_tol=1e-9)
+    assert sorted(zip(forward.scores, forward.positives)) == sorted(zip(backward.scores, backward.positives))
+    np.testing.assert_allclose(forward.moments.second, backward.moments.second, rtol=1e-9)
+    assert forward.moments.weight == sum(int(s.sp_area.sum()) for s in samples), "area-weighted: every pixel once"
