@@ -11,6 +11,7 @@ import ctypes
 import hashlib
 import json
 import posixpath
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,6 +263,17 @@ def prepare_output(out_uri: str, overwrite: bool) -> tuple[pafs.FileSystem, str]
     return fs, out
 
 
+def remove_stale_shards(fs: pafs.FileSystem, out: str, splits: tuple[str, ...], plans: list[ShardPlan]) -> None:
+    """Delete the shard files of this run's splits that its plan no longer names (the input list shrank, or
+    --images-per-shard grew), so that a reader of the folder's *.parquet files (pyarrow, DuckDB, Polars)
+    never sees a removed image, or one image twice."""
+    planned = {plan.name for plan in plans}
+    pattern = re.compile("(?:" + "|".join(re.escape(split) for split in splits) + r")-\d{5,}\.parquet")
+    for info in fs.get_file_info(pafs.FileSelector(out)):
+        if info.type == pafs.FileType.File and pattern.fullmatch(info.base_name) and info.base_name not in planned:
+            fs.delete_file(info.path)
+
+
 def keep_freed_memory_in_process() -> None:
     """Reuse freed memory instead of handing it back to the OS and faulting it in again for the next image.
 
@@ -442,5 +454,6 @@ def run_preprocess(
         "parquet_write_s": sum(r.write_seconds for r in worked),
     }
     manifest = {**build_manifest(plans, results, params, timings), "class_names": class_names}
+    remove_stale_shards(fs, out, splits, plans)
     write_manifest(fs, out, manifest)
     return manifest

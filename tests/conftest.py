@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-SPIX = [sys.executable, "-m", "spix"]
-
-
-def run_spix(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process (its own Ray instance), capturing text output."""
-    return subprocess.run(
-        [*SPIX, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kwargs
-    )
+# Shared helpers live in tests/helpers.py; SPIX and run_spix stay importable from here for the test
+# modules that still do `from conftest import run_spix`.
+from helpers import SPIX, run_spix  # noqa: F401
 
 
 @pytest.fixture(scope="session")

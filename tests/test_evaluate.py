@@ -11,7 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_spix
+from sklearn.cluster import KMeans
+
+from helpers import (
+    brute_force_ari,
+    brute_force_asa,
+    brute_force_auc,
+    brute_force_majority,
+    brute_force_pairs,
+    brute_force_segmentation,
+    run_spix,
+)
 from spix.pipeline.shards import Sample, iter_samples, read_manifest
 from spix.trainer import report
 from spix.trainer.checkpoint import load_model, model_meta, write_final_model
@@ -23,16 +33,9 @@ from spix.trainer.evaluate import (
     probe_rows,
 )
 from spix.trainer.embedding import embed_superpixels
-from spix.trainer.loop import LossConfig, train_without_ray
-from spix.trainer.metrics import (
-    LinearProbe,
-    achievable_segmentation_accuracy,
-    clustering_ari,
-    pair_auc,
-    paint_superpixels,
-    segmentation_scores,
-    superpixel_majority,
-)
+from spix.trainer.config import TrainConfig
+from spix.trainer.loop import train_without_ray
+from spix.trainer.metrics import LinearProbe
 
 NUM_CLASSES = 4
 
@@ -50,7 +53,7 @@ def grid_sample(image_id: str, labels: np.ndarray, cell: int, rng: np.random.Gen
     height, width = labels.shape
     ys, xs = np.indices(labels.shape)
     superpixels = (ys // cell) * (width // cell) + xs // cell
-    sp_label, sp_purity = superpixel_majority(superpixels, labels, NUM_CLASSES + 1)
+    sp_label, sp_purity = brute_force_majority(superpixels, labels, ignore=None)  # 0 votes, as in the shards
     count = int(superpixels.max()) + 1
     return Sample(
         image_id=image_id,
@@ -58,8 +61,8 @@ def grid_sample(image_id: str, labels: np.ndarray, cell: int, rng: np.random.Gen
         labels=labels.astype(np.uint8),
         superpixels=superpixels.astype(np.uint16),
         sp_area=np.bincount(superpixels.ravel(), minlength=count).astype(np.int32),
-        sp_label=sp_label.astype(np.uint8),
-        sp_purity=sp_purity.astype(np.float32),
+        sp_label=np.array(sp_label, np.uint8),
+        sp_purity=np.array(sp_purity, np.float32),
         sp_centroid=np.zeros((count, 2), np.float32),
         sp_mean_rgb=np.zeros((count, 3), np.float32),
     )
@@ -128,31 +131,74 @@ def test_perfect_features_score_one_and_label_blind_features_score_chance():
     assert noise["pixel_accuracy"] < 0.5
 
 
-def test_streamed_sums_equal_the_metrics_computed_on_all_images_at_once():
+def reference_clustering_ari(features: np.ndarray, sample: Sample, seed: int) -> float:
+    """DESIGN.md's clustering ARI computed from its definition: k = GT classes present (label != 0), k-means
+    (scikit-learn) fitted on the superpixels holding labelled pixels, ARI over the labelled pixels by pair
+    counting; nan when k <= 1."""
+    superpixels, labels = sample.superpixels.astype(int), sample.labels.astype(int)
+    counted = labels != 0
+    holds_labelled = np.zeros(len(features), bool)
+    holds_labelled[np.unique(superpixels[counted])] = True
+    k = min(len(np.unique(labels[counted])), int(holds_labelled.sum()))
+    if k <= 1:
+        return float("nan")
+    kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(features[holds_labelled])
+    clusters = kmeans.predict(features)
+    return brute_force_ari(labels[counted].tolist(), clusters[superpixels[counted]].tolist())
+
+
+def test_streamed_sums_equal_brute_force_metrics_over_all_images():
+    """evaluate_validation reads the images one by one and keeps running sums; every figure must equal a
+    plain computation over all images at once that shares no code with spix.trainer.metrics."""
     samples = unaligned_samples(8, seed=2)
     features = {s.image_id: np.hstack([np.eye(NUM_CLASSES + 1)[s.sp_label], noise_features(s)]) for s in samples}
     sets = {"features": lambda s: features[s.image_id]}
-    settings = EvalSettings(max_pairs_per_image=300, min_purity=0.6, seed=5)
+    settings = EvalSettings(max_pairs_per_image=10**6, min_purity=0.6, seed=5)  # every pair, no sampling
     probes, _ = fit_probes(unaligned_samples(6, seed=3), sets, CLASS_NAMES, settings)
     results = evaluate_validation(samples, sets, probes, NUM_CLASSES, settings)
     scores = results["sets"]["features"]
 
-    superpixels, labels = [s.superpixels for s in samples], [s.labels for s in samples]
-    assert results["asa"] == pytest.approx(achievable_segmentation_accuracy(superpixels, labels), abs=1e-12)
+    labels = [s.labels for s in samples]
+    expected_asa = brute_force_asa([s.superpixels for s in samples], labels)
+    assert results["asa"] == pytest.approx(expected_asa, abs=1e-12)
     assert results["asa"] < 0.95  # the blobs really cut superpixels
-    embeddings = [features[s.image_id] for s in samples]
-    valid = [s.sp_purity >= 0.6 for s in samples]
-    # pair_auc draws its pairs with one generator in image order, like evaluate_validation: same pairs.
-    assert scores["pair_auc"] == pair_auc(embeddings, [s.sp_label for s in samples], valid, 300, seed=5)
-    painted = [paint_superpixels(s.superpixels, probes["features"].predict(features[s.image_id])) for s in samples]
-    expected = segmentation_scores(painted, labels, NUM_CLASSES)
-    np.testing.assert_array_equal(scores["confusion"], expected["confusion"])
+    assert results["labelled_pixels"] == sum(int(np.count_nonzero(lab)) for lab in labels)
+
+    pair_scores, same = [], []
+    for s in samples:
+        image_scores, image_same = brute_force_pairs(features[s.image_id], s.sp_label, s.sp_purity >= 0.6)
+        pair_scores += image_scores
+        same += image_same
+    assert 0 < sum(same) < len(same)
+    assert scores["pair_auc"] == pytest.approx(brute_force_auc(np.array(pair_scores), np.array(same)), abs=1e-12)
+
+    painted = [probes["features"].predict(features[s.image_id])[s.superpixels.astype(int)] for s in samples]
+    expected = brute_force_segmentation(painted, labels)
+    assert scores["confusion"].sum() == results["labelled_pixels"]
     assert scores["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
-    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-12)
     assert scores["per_class_iou"] == pytest.approx(expected["per_class_iou"], abs=1e-12)
-    per_image = [clustering_ari(features[s.image_id], s.superpixels, s.labels, seed=5) for s in samples]
+    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-12)
+
+    per_image = [reference_clustering_ari(features[s.image_id], s, seed=5) for s in samples]
     assert scores["ari"] == pytest.approx(np.nanmean(per_image), abs=1e-12)
     assert scores["ari_images"] == int(np.sum(~np.isnan(per_image)))
+
+
+def test_every_feature_set_is_scored_on_the_same_sampled_pairs():
+    """With pair sampling on, two feature sets that are the same features under two names get the same
+    pair AUC: the sets draw the same pairs (each from its own generator with the same seed)."""
+    samples = unaligned_samples(4, seed=9)
+    describe = noise_features
+    sets = {"first": describe, "second": describe}
+    settings = EvalSettings(max_pairs_per_image=20, min_purity=0.0, seed=1)
+    probes, _ = fit_probes(unaligned_samples(4, seed=10), sets, CLASS_NAMES, settings)
+    results = evaluate_validation(samples, sets, probes, NUM_CLASSES, settings)
+    first, second = results["sets"]["first"], results["sets"]["second"]
+    assert first["pair_auc"] == second["pair_auc"]
+    # and the sampling really drew a subset: 20 pairs of each image's ~30 labelled superpixels
+    all_pairs = evaluate_validation(samples, {"first": describe}, probes, NUM_CLASSES,
+                                    EvalSettings(max_pairs_per_image=10**6, min_purity=0.0, seed=1))
+    assert first["pair_auc"] != all_pairs["sets"]["first"]["pair_auc"]
 
 
 def test_probe_rows_keep_labelled_pure_superpixels_up_to_the_cap():
@@ -241,7 +287,7 @@ def trained_run(toy_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """
     run = tmp_path_factory.mktemp("run")
     torch.set_num_threads(2)
-    model, _ = train_without_ray(str(toy_shards), "tiny", epochs=10, batch_size=4, crop=64, lr=1e-3, seed=0, loss=LossConfig())
+    model, _ = train_without_ray(TrainConfig(str(toy_shards), "", workers=1, epochs=10, batch_size=4, crop=64, lr=1e-3, preset="tiny", seed=0))
     manifest = read_manifest(str(toy_shards))
     write_final_model(run, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], {}))
     records = [{"epoch": e, "step": 3 * e, "train_loss": 1.0 / (e + 1), "val_loss": 1.1 / (e + 1), "val_pair_auc": 0.6}
@@ -281,15 +327,15 @@ def test_eval_figures_match_an_independent_computation(evaluated, trained_run, t
     out, _ = evaluated
     metrics = strict_json(out / "metrics.json")
     samples = list(iter_samples(str(toy_shards), "validation"))
-    asa = achievable_segmentation_accuracy([s.superpixels for s in samples], [s.labels for s in samples])
+    asa = brute_force_asa([s.superpixels for s in samples], [s.labels for s in samples])
     assert metrics["asa"] == pytest.approx(asa, abs=1e-12)
     for scores in metrics["feature_sets"].values():  # a superpixel labelling cannot beat its ceiling
         assert scores["pixel_accuracy"] <= metrics["asa"] + 1e-12
     model, _ = load_model(trained_run)
     probe = LinearProbe.load(out / "classifier.npz")
-    painted = [paint_superpixels(s.superpixels, probe.predict(embed_superpixels(model, s.rgb, s.superpixels, torch.device("cpu"))))
+    painted = [probe.predict(embed_superpixels(model, s.rgb, s.superpixels, torch.device("cpu")))[s.superpixels.astype(int)]
                for s in samples]
-    expected = segmentation_scores(painted, [s.labels for s in samples], len(probe.class_names))
+    expected = brute_force_segmentation(painted, [s.labels for s in samples])
     assert metrics["feature_sets"]["trained"]["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-9)
     assert metrics["feature_sets"]["trained"]["miou"] == pytest.approx(expected["miou"], abs=1e-9)
 

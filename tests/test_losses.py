@@ -117,6 +117,41 @@ def test_gradient_is_finite_where_embeddings_coincide() -> None:
     assert emb.grad[0, 2].abs().sum() > 0 and emb.grad[1].abs().sum() > 0
 
 
+def brute_force_differentiable(emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The loss of `brute_force` built pair by pair from scalar torch operations in float64, so that autograd
+    gives the gradient of DESIGN.md's formula itself (including the clamp at 50, past which it is 0)."""
+    pos: list[torch.Tensor] = []
+    neg: list[torch.Tensor] = []
+    for b in range(emb.shape[0]):
+        for i in range(emb.shape[1]):
+            for j in range(emb.shape[1]):
+                if i == j or not (valid[b, i] and valid[b, j]):
+                    continue
+                d = torch.clamp(((emb[b, i] - emb[b, j]) ** 2).sum(), max=50.0)
+                if labels[b, i] == labels[b, j]:
+                    pos.append(torch.log((1 + torch.exp(d)) / 2))
+                else:
+                    neg.append(torch.log(1 + torch.exp(-d) / 2))
+    zero = emb.sum() * 0.0
+    return (torch.stack(pos).mean() if pos else zero) + (torch.stack(neg).mean() if neg else zero)
+
+
+def test_superpixel_loss_gradient_matches_the_brute_force_gradient() -> None:
+    """Not only finite and non-zero: the gradient with respect to every embedding is the formula's, also
+    where two embeddings coincide and where distances pass the clamp (pairs of both kinds count)."""
+    emb, labels, purity, mask = superpixel_batch()
+    emb = emb.double()
+    emb[0, 1] = emb[0, 0]  # a positive pair at distance 0
+    emb[0, 2] = emb[0, 5]  # a negative pair at distance 0
+    valid = mask & (labels != 0) & (purity >= 0.5)
+    library = emb.clone().requires_grad_(True)
+    superpixel_npair_loss(library, labels, purity, mask)[0].backward()
+    reference = emb.clone().requires_grad_(True)
+    brute_force_differentiable(reference, labels, valid).backward()
+    assert reference.grad.abs().max() > 0.01
+    torch.testing.assert_close(library.grad, reference.grad.to(library.grad.dtype), rtol=1e-4, atol=1e-5)
+
+
 def pixel_batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(2, 3, 4, 5, generator=generator)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections import Counter
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from helpers import brute_force_ari, brute_force_asa, brute_force_auc, brute_force_majority
 from spix.trainer.metrics import (
     LinearProbe,
     achievable_segmentation_accuracy,
@@ -27,12 +27,6 @@ def grid_superpixels(height: int, width: int, cell: int) -> np.ndarray:
     """Square superpixels of side `cell`, ids row by row."""
     ys, xs = np.indices((height, width))
     return (ys // cell) * (width // cell) + xs // cell
-
-
-def brute_force_auc(scores: np.ndarray, same: np.ndarray) -> float:
-    """Mann-Whitney AUC: share of (positive, negative) pairs ranked right, ties counting half."""
-    pos, neg = scores[same][:, None], scores[~same][None, :]
-    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
 # ----------------------------------------------------------------------------- pair AUC
@@ -105,20 +99,6 @@ def test_pair_auc_is_nan_without_positive_or_negative_pairs():
 # ----------------------------------------------------------------------------- majority and ASA
 
 
-def brute_force_majority(sp: np.ndarray, lab: np.ndarray, ignore: int | None) -> tuple[list[int], list[float]]:
-    majority, purity = [], []
-    for s in range(int(sp.max()) + 1):
-        votes = [int(v) for v in lab[sp == s] if ignore is None or v != ignore]
-        if not votes:
-            majority.append(ignore), purity.append(0.0)
-            continue
-        counts = Counter(votes)
-        best = max(counts.values())
-        majority.append(min(v for v, c in counts.items() if c == best))  # ties -> smallest label
-        purity.append(best / len(votes))
-    return majority, purity
-
-
 @pytest.mark.parametrize("ignore", [None, 0])
 def test_superpixel_majority_and_purity_match_brute_force(ignore):
     rng = np.random.default_rng(5)
@@ -142,17 +122,6 @@ def test_superpixel_majority_hand_case_tie_goes_to_smallest_label():
     assert purity.tolist() == [0.5, 0.75]
     with pytest.raises(ValueError):
         superpixel_majority(sp, lab, num_labels=5)
-
-
-def brute_force_asa(superpixels, labels, ignore) -> float:
-    correct = total = 0
-    for sp, lab in zip(superpixels, labels):
-        for s in np.unique(sp):
-            votes = [int(v) for v in lab[sp == s] if ignore is None or v != ignore]
-            if votes:
-                correct += Counter(votes).most_common(1)[0][1]
-                total += len(votes)
-    return correct / total
 
 
 @pytest.mark.parametrize("ignore", [None, 0])
@@ -259,6 +228,22 @@ def test_clustering_ari_of_random_embeddings_is_about_zero():
         _, gt = striped_gt(sp, rng, 4)
         scores.append(clustering_ari(rng.normal(size=(1024, 8)), sp, gt, seed=seed, n_init=1))
     assert np.mean(scores) == pytest.approx(0.0, abs=0.02)
+
+
+def test_clustering_ari_of_a_known_imperfect_clustering_matches_pair_counting():
+    """Embeddings in two tight, far-apart groups that cut across the GT classes: k-means (k = 2 classes
+    present) must find exactly those groups, so the score is the ARI of that known clustering against the
+    GT over the labelled pixels, counted pair by pair; a row of unlabelled pixels crosses superpixels."""
+    sp = grid_superpixels(16, 16, 4)  # 16 superpixels of 4x4, ids row by row
+    sp_class = np.array([1] * 6 + [2] * 10)
+    gt = sp_class[sp]
+    gt[5, :] = 0
+    group = np.array([0] * 8 + [1] * 8)  # superpixels 0-7 in one group: it takes class 1 and part of class 2
+    embeddings = 100.0 * group[:, None] + np.random.default_rng(3).normal(0, 0.01, (16, 2))
+    labelled = gt != 0
+    expected = brute_force_ari(gt[labelled].tolist(), group[sp][labelled].tolist())
+    assert 0.1 < expected < 0.9  # neither agreement nor chance: a wrong pixel count or k shows
+    assert clustering_ari(embeddings, sp, gt) == pytest.approx(expected, abs=1e-12)
 
 
 def test_clustering_ari_is_nan_with_one_class():

@@ -23,12 +23,68 @@ def hand_parameter_count(widths: tuple[int, int, int], dim: int) -> int:
 
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 7), (2, 9), (17, 33), (32, 24)])
-def test_tiny_output_has_input_size(size: tuple[int, int]) -> None:
+def test_tiny_output_has_input_size_and_each_image_is_its_own(size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = build_model("tiny", dim=16).eval()
-    out = model(torch.randn(2, 3, *size))
+    images = torch.randn(2, 3, *size)
+    out = model(images)
     assert out.shape == (2, 16, *size)
     assert torch.isfinite(out).all()
+    # In eval mode nothing mixes the images of a batch: changing the second one leaves the first's output.
+    changed = images.clone()
+    changed[1] = torch.randn(3, *size)
+    torch.testing.assert_close(model(changed)[0], out[0])
+    assert not torch.allclose(model(changed)[1], out[1])
+
+
+def numpy_forward_of_one_pixel(state: dict[str, np.ndarray], x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """DESIGN.md's network written out in numpy for a 1x1 image, where every 3x3 convolution (zero padding)
+    reduces to its centre tap, max-pooling and upsampling to the identity: stem, three stages of two
+    residual units and a 1x1 projection, hypercolumn of (stage 1 units, stage 2 units, stage 3 projection),
+    head conv + BN. x: (N, 3) pixels -> (N, D) embeddings."""
+
+    def conv(name: str, h: np.ndarray) -> np.ndarray:
+        weight = state[f"{name}.weight"]
+        return h @ weight[:, :, weight.shape[2] // 2, weight.shape[3] // 2].T
+
+    def bn(name: str, h: np.ndarray) -> np.ndarray:
+        scale = state[f"{name}.weight"] / np.sqrt(state[f"{name}.running_var"] + eps)
+        return (h - state[f"{name}.running_mean"]) * scale + state[f"{name}.bias"]
+
+    def conv_bn_relu(name: str, h: np.ndarray) -> np.ndarray:
+        return np.maximum(bn(f"{name}.1", conv(f"{name}.0", h)), 0.0)
+
+    h = conv_bn_relu("stem", x)
+    taps = []
+    for stage in range(3):
+        for unit in range(2):
+            body = f"stages.{stage}.units.{unit}.body"
+            h = h + conv_bn_relu(f"{body}.1", conv_bn_relu(f"{body}.0", h))
+        projected = conv_bn_relu(f"stages.{stage}.projection", h)
+        taps.append(projected if stage == 2 else h)
+        h = projected
+    return bn("head.1", conv("head.0", np.concatenate(taps, axis=1)))
+
+
+def test_one_pixel_output_equals_the_design_written_out_in_numpy() -> None:
+    """Wiring (skips, hypercolumn taps and their order, BN in eval mode) against an independent numpy
+    computation; the batch-norm statistics are randomised so that each one matters."""
+    torch.manual_seed(0)
+    model = build_model("tiny", dim=16)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.5, 0.5, generator=generator)
+    model.eval()
+    pixels = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    out = model.double()(pixels[:, :, None, None])[:, :, 0, 0]
+    state = {name: value.numpy() for name, value in model.state_dict().items()}
+    expected = numpy_forward_of_one_pixel(state, pixels.numpy())
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_paper_preset_runs_on_a_small_input_and_has_the_hand_counted_parameters() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -14,28 +13,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from conftest import SPIX, run_spix
+from helpers import SPIX, brute_force_stats, png, run_spix, write_untidy_dataset
 from spix.pipeline.dataset import ImageRecord
 from spix.pipeline.preprocess import PreprocessParams, preprocess_image
 from spix.pipeline.shards import SHARD_SCHEMA, iter_samples, read_manifest, row_to_sample
-from spix.pipeline.superpixels import compute_superpixels, majority_labels, relabel_contiguous, superpixel_stats
-
-
-def brute_force_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarray) -> dict[str, list]:
-    """Per-superpixel statistics by a plain loop over superpixels (the independent computation)."""
-    stats: dict[str, list] = {"area": [], "label": [], "purity": [], "centroid": [], "mean_rgb": []}
-    for s in range(int(superpixels.max()) + 1):
-        ys, xs = np.nonzero(superpixels == s)
-        values, counts = np.unique(labels[ys, xs], return_counts=True)
-        best = values[counts == counts.max()].min()  # ties -> smallest label id
-        stats["area"].append(len(ys))
-        stats["label"].append(best)
-        stats["purity"].append(counts.max() / len(ys))
-        stats["centroid"].append((ys.mean(), xs.mean()))
-        stats["mean_rgb"].append(rgb[ys, xs].astype(np.float64).mean(axis=0))
-    return stats
+from spix.pipeline.superpixels import majority_labels, relabel_contiguous, superpixel_stats
 
 
 def test_statistics_match_brute_force(toy_shards: Path) -> None:
@@ -70,10 +53,37 @@ def test_run_based_statistics_match_brute_force_on_awkward_maps(shape: tuple[int
     np.testing.assert_allclose(stats.purity, expected["purity"], rtol=1e-6)
     np.testing.assert_allclose(stats.centroid, np.array(expected["centroid"]).reshape(-1, 2), rtol=1e-5)
     np.testing.assert_allclose(stats.mean_rgb, np.array(expected["mean_rgb"]).reshape(-1, 3), rtol=1e-5)
+    # majority_labels (what training crops use) shares the run-based counting with superpixel_stats, so
+    # it is checked against the loop too, not against superpixel_stats.
     label, purity, area = majority_labels(superpixels, labels, 4)
-    np.testing.assert_array_equal(label, stats.label)
-    np.testing.assert_array_equal(purity, stats.purity)
-    np.testing.assert_array_equal(area, stats.area)
+    np.testing.assert_array_equal(label, expected["label"])
+    np.testing.assert_allclose(purity, expected["purity"], rtol=1e-6)
+    np.testing.assert_array_equal(area, expected["area"])
+
+
+def test_statistics_of_a_hand_made_map() -> None:
+    """Values worked out by hand: 2/3 majorities, a 1:1 tie (the smaller label wins), and labels that
+    change inside a row run of one superpixel."""
+    superpixels = np.array([[0, 0, 1, 2],
+                            [0, 1, 1, 2]], dtype=np.uint16)
+    labels = np.array([[2, 1, 1, 3],
+                       [1, 2, 2, 1]], dtype=np.uint8)
+    rgb = np.zeros((2, 4, 3), np.uint8)
+    rgb[..., 0] = [[10, 20, 30, 40], [50, 60, 70, 80]]
+    # sp 0: pixels (0,0) (0,1) (1,0), labels 2 1 1 -> label 1, purity 2/3, centroid (1/3, 1/3), red 80/3
+    # sp 1: pixels (0,2) (1,1) (1,2), labels 1 2 2 -> label 2, purity 2/3, centroid (2/3, 5/3), red 160/3
+    # sp 2: pixels (0,3) (1,3), labels 3 1 (a tie)  -> label 1, purity 1/2, centroid (1/2, 3), red 60
+    stats = superpixel_stats(superpixels, labels, rgb, 4)
+    np.testing.assert_array_equal(stats.area, [3, 3, 2])
+    np.testing.assert_array_equal(stats.label, [1, 2, 1])
+    np.testing.assert_allclose(stats.purity, [2 / 3, 2 / 3, 1 / 2], rtol=1e-6)
+    np.testing.assert_allclose(stats.centroid, [[1 / 3, 1 / 3], [2 / 3, 5 / 3], [1 / 2, 3]], rtol=1e-6)
+    np.testing.assert_allclose(stats.mean_rgb[:, 0], [80 / 3, 160 / 3, 60], rtol=1e-6)
+    np.testing.assert_array_equal(stats.mean_rgb[:, 1:], 0)
+    label, purity, area = majority_labels(superpixels, labels, 4)
+    np.testing.assert_array_equal(label, [1, 2, 1])
+    np.testing.assert_allclose(purity, [2 / 3, 2 / 3, 1 / 2], rtol=1e-6)
+    np.testing.assert_array_equal(area, [3, 3, 2])
 
 
 def test_relabel_contiguous_keeps_order_with_and_without_gaps() -> None:
@@ -139,62 +149,6 @@ def test_tiny_images_get_fewer_superpixels_not_a_crash(shape: tuple[int, int]) -
     assert 1 <= int(result.stdout) <= max(1, shape[0] * shape[1] // 4)
 
 
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def save(image: Image.Image, path: Path, **kwargs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
-
-
-def write_untidy_dataset(root: Path) -> tuple[set[str], dict[str, str]]:
-    """Valid-but-unusual images (expected processed) and broken ones (expected skipped, with a reason word)."""
-    rng = np.random.default_rng(1)
-    images, annotations = root / "images" / "training", root / "annotations" / "training"
-    (root / "images" / "validation").mkdir(parents=True)
-    (root / "annotations" / "validation").mkdir(parents=True)
-    rgb = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    labels = rng.integers(0, 4, (60, 80), dtype=np.uint8)
-    good = {
-        "gray.jpg": Image.fromarray(rgb[:, :, 0]),
-        "palette.png": Image.fromarray(rgb).convert("P"),
-        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])),
-        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
-        "sixteen.png": Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)),
-        "UPPER.JPG": Image.fromarray(rgb),
-        "with space é.jpg": Image.fromarray(rgb),
-        "tiny.jpg": Image.fromarray(rgb[:3, :4]),
-    }
-    for name, image in good.items():
-        save(image, images / name)
-        label = labels[:3, :4] if name == "tiny.jpg" else labels
-        save(Image.fromarray(label), annotations / (Path(name).stem + ".png"))
-    save(Image.fromarray(rgb), images / "overflow.jpg")
-    save(Image.fromarray(np.where(labels == 3, 200, labels).astype(np.uint8)), annotations / "overflow.png")
-    full = io.BytesIO()
-    Image.fromarray(rgb).save(full, format="JPEG")
-    broken = {
-        "truncated.jpg": full.getvalue()[: len(full.getvalue()) // 2],
-        "zero.jpg": b"",
-        "text.jpg": b"this is not an image at all\n" * 10,
-    }
-    for name, data in broken.items():
-        (images / name).write_bytes(data)
-        save(Image.fromarray(labels), annotations / (Path(name).stem + ".png"))
-    save(Image.fromarray(rgb), images / "no_annotation.jpg")
-    save(Image.fromarray(rgb), images / "mismatch.jpg")
-    save(Image.fromarray(labels[:30]), annotations / "mismatch.png")
-    (root / "objectInfo150.csv").write_text(
-        "Idx,Ratio,Train,Val,Name\n" + "".join(f"{i},0.1,1,1,c{i}\n" for i in range(1, 4))
-    )
-    reasons = {"truncated.jpg": "decode", "zero.jpg": "empty", "text.jpg": "not an image",
-               "no_annotation.jpg": "missing annotation", "mismatch.jpg": "annotation is 80x30"}
-    return set(good) | {"overflow.jpg"}, reasons
-
-
 def test_untidy_and_broken_inputs(tmp_path: Path) -> None:
     root = tmp_path / "ADEChallengeData2016"
     good, reasons = write_untidy_dataset(root)
@@ -216,9 +170,23 @@ def test_untidy_and_broken_inputs(tmp_path: Path) -> None:
         assert sample.labels.max() <= 3, "label values above the class count become 0"
         if sample.image_id == "tiny":
             assert sample.rgb.shape == (3, 4, 3) and len(sample.sp_area) <= 3
+    assert_manifest_counts_rows(manifest, out, inputs=len(good) + len(reasons))
+    assert manifest["shards_reused"] == 0
     strict = run_spix("preprocess", "--data-root", str(root), "--out", str(out), "--num-superpixels", "40",
                       "--images-per-shard", "4", "--strict")
     assert strict.returncode == 1 and "--strict" in strict.stderr
+    resumed = read_manifest(str(out))  # every shard reused: the counts now come from the shards' footers
+    assert resumed["shards_reused"] == len(resumed["splits"]["training"]["shards"])
+    assert_manifest_counts_rows(resumed, out, inputs=len(good) + len(reasons))
+
+
+def assert_manifest_counts_rows(manifest: dict, out: Path, inputs: int) -> None:
+    """The manifest's counts equal the rows in the shard files (read by plain pyarrow), and every input
+    is either a row or an error."""
+    rows = sum(pq.read_table(out / name).num_rows for name in manifest["splits"]["training"]["shards"])
+    assert manifest["images"] == manifest["splits"]["training"]["images"] == rows
+    assert manifest["splits"]["training"]["inputs"] == inputs
+    assert len(manifest["errors"]) == inputs - rows
 
 
 def test_nothing_succeeded_exits_1_and_bad_root_is_one_line(tmp_path: Path) -> None:
