@@ -18,7 +18,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip setuptools wheel cython "numpy==2.4.6"
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_CPU)"
 	$(BIN)/python -c "import fast_slic" 2>/dev/null || $(BIN)/pip install -q --no-build-isolation "fast-slic==0.4.0"
-	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/pip install -q --no-build-isolation -e ".[test,export]"
 	$(BIN)/spix --version
 
 # The whole data flow on synthetic data: ~3 minutes on 2 CPU cores.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from spix import __version__
-from spix.cli import download, evaluate, infer, preprocess, toydata, train
+from spix.cli import download, evaluate, export, infer, preprocess, toydata, train
 
 app = typer.Typer(
     help="spix: semantic per-pixel embeddings trained on SLIC superpixels (ADE20K, Ray, PyTorch).",
@@ -34,3 +34,4 @@ app.add_typer(download.app, name="download")
 app.command("train")(train.train)
 app.command("infer")(infer.infer)
 app.command("eval")(evaluate.evaluate)
+app.command("export")(export.export)
