@@ -40,46 +40,53 @@ PALETTE = np.array(
 
 @dataclass(frozen=True)
 class TextureClass:
-    """One class: a texture family with its class-specific angle (degrees) and period (pixels)."""
+    """One class: a texture family, the angles (degrees) a region of it may take, and its period (pixels).
+
+    A class is a set of angles closed under the horizontal mirror (theta -> 180 - theta): training flips
+    images, and a mirrored region must stay in its class, as on a real dataset. A region picks one angle.
+    """
 
     family: str
-    angle: float = 0.0
+    angles: tuple[float, ...] = (0.0,)
     period: float = 10.0
 
     @property
     def name(self) -> str:
-        if self.family in ("noise", "gradient", "rings"):  # no class angle
+        if self.family in UNORIENTED:
             return f"{self.family}_p{self.period:g}"
-        return f"{self.family}_{self.angle:g}deg_p{self.period:g}"
+        return f"{self.family}_{'+'.join(f'{a:g}' for a in self.angles)}deg_p{self.period:g}"
 
 
-# Class k (label k+1) is CLASSES[k]: the first eight are eight different families, the rest are
-# angle/period variants, kept apart by at least 30 degrees or a factor ~1.5 in period.
+UNORIENTED = ("noise", "gradient", "rings", "hexdots", "squares", "blobs", "crosses")  # named without an angle
+# Class k (label k+1) is CLASSES[k]. The first eight are eight different families. The rest differ from
+# every class of their family by at least 15 degrees of orientation or by a factor 4 in period: training
+# rescales crops by 0.5-1.5, so periods closer than 3x (with the 10% jitter, 3.7x) could be one class seen
+# at two scales. Every class is mirror-symmetric (checked in tests/test_toydata.py).
 CLASSES: tuple[TextureClass, ...] = (
-    TextureClass("stripes", 0, 10),
-    TextureClass("checker", 0, 12),
-    TextureClass("dots", 0, 12),
-    TextureClass("noise", 0, 2),
-    TextureClass("gradient", 0, 128),
-    TextureClass("rings", 0, 10),
-    TextureClass("grid", 0, 12),
-    TextureClass("waves", 0, 10),
-    TextureClass("stripes", 90, 10),
-    TextureClass("stripes", 45, 8),
-    TextureClass("stripes", 135, 8),
-    TextureClass("checker", 45, 10),
-    TextureClass("dots", 0, 7),
-    TextureClass("stripes", 30, 14),
-    TextureClass("stripes", 120, 14),
-    TextureClass("rings", 0, 16),
-    TextureClass("stripes", 60, 14),
-    TextureClass("stripes", 150, 14),
-    TextureClass("checker", 0, 6),
-    TextureClass("grid", 45, 8),
-    TextureClass("waves", 90, 14),
-    TextureClass("noise", 0, 4),
-    TextureClass("stripes", 0, 6),
-    TextureClass("stripes", 90, 16),
+    TextureClass("stripes", (0,), 10),
+    TextureClass("checker", (0,), 12),
+    TextureClass("dots", (0,), 12),
+    TextureClass("noise", (0,), 2),
+    TextureClass("gradient", (0,), 128),
+    TextureClass("rings", (0,), 10),
+    TextureClass("grid", (0,), 12),
+    TextureClass("waves", (0,), 10),
+    TextureClass("stripes", (90,), 10),
+    TextureClass("stripes", (45, 135), 8),
+    TextureClass("checker", (45,), 10),
+    TextureClass("hexdots", (0,), 12),
+    TextureClass("bricks", (0,), 14),
+    TextureClass("stripes", (30, 150), 14),
+    TextureClass("stripes", (60, 120), 14),
+    TextureClass("squares", (0,), 12),
+    TextureClass("zigzag", (90,), 12),
+    TextureClass("blobs", (0,), 12),
+    TextureClass("noise", (0,), 8),
+    TextureClass("grid", (45,), 8),
+    TextureClass("waves", (90,), 14),
+    TextureClass("sawtooth", (90,), 12),
+    TextureClass("crosses", (0,), 14),
+    TextureClass("rings", (0,), 40),
 )
 MAX_CLASSES = len(CLASSES)
 
@@ -153,6 +160,56 @@ def _waves(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> 
     return _square((u + 0.5 * p * np.sin(2.0 * np.pi * v / (4.0 * p))) / p)
 
 
+def _hexdots(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Dots on a hexagonal lattice: two rectangular lattices (p x p*sqrt3), one shifted by half a cell."""
+    row = p * np.sqrt(3.0)
+    nearest = np.minimum(
+        np.hypot(u - p * np.round(u / p), v - row * np.round(v / row)),
+        np.hypot(u - p * (np.floor(u / p) + 0.5), v - row * (np.floor(v / row) + 0.5)),
+    )
+    return (nearest < p * np.sqrt(np.sqrt(3.0) / (4.0 * np.pi))).astype(np.float32)  # half the area
+
+
+def _bricks(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Mortar lines of bricks p long and p/2 high, every other row shifted by half a brick."""
+    height, share = p / 2.0, 1.0 - np.sqrt(0.5)  # (1 - share)^2 = 1/2: mortar covers half the area
+    shift = (np.floor(v / height) % 2) * p / 2.0
+    return (((u + shift) % p < share * p) | (v % height < share * height)).astype(np.float32)
+
+
+def _squares(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Concentric squares (rings in the Chebyshev distance) around a random centre."""
+    cu, cv = rng.normal(u.mean(), 30.0), rng.normal(v.mean(), 30.0)
+    return _square(np.maximum(np.abs(u - cu), np.abs(v - cv)) / p)
+
+
+def _zigzag(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Stripes bent into a symmetric zigzag (chevrons) along their length."""
+    triangle = 1.0 - np.abs(2.0 * (v / (2.0 * p) % 1.0) - 1.0)
+    return _square((u + p * triangle) / p)
+
+
+def _blobs(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Irregular blobs: random 0/1 values on a lattice of spacing p, interpolated bilinearly, cut at 1/2."""
+    key = int(rng.integers(2**62))
+    bu, bv = np.floor(u / p), np.floor(v / p)
+    fu, fv = u / p - bu, v / p - bv
+    corners = [_block_noise(bu + du, bv + dv, key) for du in (0, 1) for dv in (0, 1)]
+    smooth = (corners[0] * (1 - fv) + corners[1] * fv) * (1 - fu) + (corners[2] * (1 - fv) + corners[3] * fv) * fu
+    return (smooth > 0.5).astype(np.float32)
+
+
+def _sawtooth(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """A ramp that rises across each band and drops at its edge."""
+    return (u / p % 1.0).astype(np.float32)
+
+
+def _crosses(u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """A plus sign in every p x p cell (arms 0.8 p long, 0.43 p wide: half the area)."""
+    du, dv = np.abs(u / p % 1.0 - 0.5), np.abs(v / p % 1.0 - 0.5)
+    return (((du < 0.213) & (dv < 0.4)) | ((dv < 0.213) & (du < 0.4))).astype(np.float32)
+
+
 FAMILIES: dict[str, Callable[[np.ndarray, np.ndarray, float, np.random.Generator], np.ndarray]] = {
     "stripes": _stripes,
     "checker": _checker,
@@ -162,6 +219,13 @@ FAMILIES: dict[str, Callable[[np.ndarray, np.ndarray, float, np.random.Generator
     "rings": _rings,
     "grid": _grid,
     "waves": _waves,
+    "hexdots": _hexdots,
+    "bricks": _bricks,
+    "squares": _squares,
+    "zigzag": _zigzag,
+    "blobs": _blobs,
+    "sawtooth": _sawtooth,
+    "crosses": _crosses,
 }
 
 
@@ -172,7 +236,9 @@ def texture(tex: TextureClass, y: np.ndarray, x: np.ndarray, rng: np.random.Gene
     elif tex.family in ("noise", "rings"):
         angle = 0.0
     else:
-        angle = tex.angle + rng.uniform(-ANGLE_JITTER_DEG, ANGLE_JITTER_DEG)
+        # A single-angle class draws nothing here, so the first eight classes paint as they always did.
+        base = tex.angles[0] if len(tex.angles) == 1 else float(rng.choice(tex.angles))
+        angle = base + rng.uniform(-ANGLE_JITTER_DEG, ANGLE_JITTER_DEG)
     period = tex.period * rng.uniform(1.0 - PERIOD_JITTER, 1.0 + PERIOD_JITTER)
     c, s = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
     u = x * c + y * s + rng.uniform(0.0, 1000.0)

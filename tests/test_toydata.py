@@ -14,7 +14,7 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from spix.pipeline.toydata import MAX_REGIONS, MIN_REGIONS, draw_sample, make_toy_dataset, sample_rng
+from spix.pipeline.toydata import CLASSES, MAX_REGIONS, MIN_REGIONS, TextureClass, draw_sample, make_toy_dataset, sample_rng, texture
 
 K = 8
 SMALL = dict(n_train=14, n_val=6, n_classes=K, seed=3, min_side=64, max_side=128)
@@ -184,3 +184,43 @@ def test_classes_differ_by_texture_not_by_colour(tmp_path: Path) -> None:
     # ~230 regions is 0.022, so 2/K is 5 errors above chance); texture 0.69-0.76.
     assert colour_acc < 2.0 / K
     assert texture_acc > 0.5
+
+
+# Rotation by which each oriented family maps onto itself: stripes, waves, zigzags and bricks after a
+# half turn, checkers and grids after a quarter turn, a sawtooth only after a full turn (its ramp has a
+# direction). A horizontal mirror maps orientation a to 180 - a.
+SYMMETRY_DEG = {"stripes": 180, "waves": 180, "zigzag": 180, "bricks": 180, "checker": 90, "grid": 90, "sawtooth": 360, "dots": 90}
+
+
+def orientations(texture_class: TextureClass) -> set[float]:
+    period = SYMMETRY_DEG.get(texture_class.family)
+    return {0.0} if period is None else {a % period for a in texture_class.angles}
+
+
+def test_every_class_survives_the_training_mirror() -> None:
+    """Training flips crops horizontally: a mirrored region must still be a region of its class. (Families
+    without an orientation are mirror-symmetric by construction: random blocks and blobs, gradients in a
+    random direction, rings, squares, hexagonal dots and crosses.)"""
+    for texture_class in (c for c in CLASSES if c.family in SYMMETRY_DEG):
+        period = SYMMETRY_DEG[texture_class.family]
+        mirrored = {(180 - a) % period for a in texture_class.angles}
+        assert mirrored == orientations(texture_class), texture_class.name
+
+
+def test_classes_of_one_family_differ_by_more_than_the_training_rescale() -> None:
+    """Crops are rescaled by 0.5-1.5 (3x) and periods jitter by 10%: two classes of one family at an
+    orientation they share must differ in period by more than 3 x 1.1 / 0.9 = 3.7x."""
+    for i, first in enumerate(CLASSES):
+        for second in CLASSES[i + 1 :]:
+            if first.family == second.family and orientations(first) & orientations(second):
+                ratio = max(first.period, second.period) / min(first.period, second.period)
+                assert ratio >= 3.7, (first.name, second.name)
+    assert len({c.name for c in CLASSES}) == len(CLASSES)
+
+
+@pytest.mark.parametrize("index", range(len(CLASSES)))
+def test_every_texture_paints_about_half_of_a_region_in_each_colour(index: int) -> None:
+    """The two colours of a region must cover it about equally, or mean colour would leak the class."""
+    y, x = np.mgrid[0:160, 0:160].astype(np.float32)
+    shares = [texture(CLASSES[index], y, x, np.random.default_rng(seed)).mean() for seed in range(6)]
+    assert 0.4 <= np.mean(shares) <= 0.6, (CLASSES[index].name, shares)
