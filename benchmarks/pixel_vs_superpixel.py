@@ -82,7 +82,7 @@ def train_child(args: argparse.Namespace) -> dict[str, float]:
     """Child process: train one loss for the budget, save the run, return steps, time and peak memory."""
     from spix.pipeline.shards import read_manifest
     from spix.trainer.checkpoint import model_meta, write_final_model
-    from spix.trainer.config import TrainConfig
+    from spix.trainer.config import train_config
     from spix.trainer.loop import train_without_ray
 
     shards = str(args.work / "shards")
@@ -93,9 +93,10 @@ def train_child(args: argparse.Namespace) -> dict[str, float]:
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
         before = resident_now()
-    config = TrainConfig(
-        shards, "", workers=1, epochs=10**9, batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-        preset="tiny", loss=args.child, pixel_samples=args.pixel_samples, max_minutes=args.budget / 60,
+    config = train_config(
+        shards=shards, out="", workers=1, epochs=10**9, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+        seed=args.seed, preset="tiny", loss=args.child, pixel_samples=args.pixel_samples, max_minutes=args.budget / 60,
+        gpu=args.device.startswith("cuda"),
     )
     model, counters = train_without_ray(config, device=args.device)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident_high_water_mark()

@@ -28,10 +28,10 @@ import numpy as np
 
 from spix.pipeline.dataset import list_split
 from spix.pipeline.imageio import decode_labels, decode_rgb
-from spix.pipeline.preprocess import PreprocessParams, keep_freed_memory_in_process, preprocess_image
+from spix.pipeline.preprocess import PreprocessParams, keep_freed_memory_in_process, preprocess_image, preprocess_params
 from spix.pipeline.toydata import make_toy_dataset
 
-PARAMS = PreprocessParams(num_classes=16)  # the toy data below has 16 classes; everything else default
+PARAMS = preprocess_params(num_classes=16)  # the toy data below has 16 classes; everything else default
 
 
 def floor_images_per_second(root: Path, params: PreprocessParams) -> float:

@@ -32,7 +32,7 @@ import torch
 
 from spix.pipeline.shards import list_row_groups, read_manifest
 from spix.pipeline.toydata import make_toy_dataset
-from spix.trainer.config import TrainConfig
+from spix.trainer.config import TrainConfig, train_config
 from spix.trainer.data import crop_task
 from spix.trainer.distributed import read_metrics, run_training
 from spix.trainer.feed import crop_settings, local_batches, stream_batches, training_plan
@@ -148,10 +148,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         shards = prepare_shards(base, args.images, args.min_side, args.max_side)
-        config = TrainConfig(
-            str(shards), "", workers=args.workers, epochs=args.epochs, preset=args.preset or ("paper" if gpu else "tiny"),
-            crop=args.crop or (224 if gpu else 128), batch_size=args.batch_size or (32 if gpu else 4),
-            gpu=gpu, amp=gpu, val_max_images=0,
+        config = train_config(
+            shards=str(shards), out="", workers=args.workers, epochs=args.epochs, max_minutes=0.0,
+            preset=args.preset or ("paper" if gpu else "tiny"), crop=args.crop or (224 if gpu else 128),
+            batch_size=args.batch_size or (32 if gpu else 4), gpu=gpu, amp=gpu, val_max_images=0,
         )
         results: dict[str, float] = {}
         results["step_1_thread"] = step_alone(config, device, 1, steps=12)

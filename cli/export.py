@@ -7,14 +7,18 @@ from pathlib import Path
 
 import typer
 
+from spix.cli.config import config_flag, flag, resolve
 from spix.cli.ui import fail
+
+S = "export"
 
 
 def export(
-    run_or_model: Path = typer.Argument(..., help="Run folder of `spix train`, or its model.pt (model.json beside it)."),
+    run_or_model: Path = typer.Argument(..., metavar="RUN_OR_MODEL", help="Run folder of `spix train`, or its model.pt (model.json beside it)."),
     out: Path = typer.Option(..., help="File to write: FILE.onnx, or FILE.pt2 with --format torch."),
-    format: str = typer.Option("onnx", "--format", help="'onnx' (ONNX Runtime and friends) or 'torch' (a torch.export program, .pt2)."),
-    pool: bool = typer.Option(False, "--pool/--no-pool", help="Also take superpixel maps (N, H, W) int64 and give the superpixel means and pixel counts."),
+    format: str | None = flag(S, "format", "'onnx' (ONNX Runtime and friends) or 'torch' (a torch.export program, .pt2).", "--format"),
+    pool: bool | None = flag(S, "pool", "Also take superpixel maps (N, H, W) int64 and give the superpixel means and pixel counts.", "--pool/--no-pool"),
+    config: Path | None = config_flag(S),
 ) -> None:
     """Export the network with its input scaling: uint8 images (N, H, W, 3), any N, H, W -> embeddings
     (N, 128, H, W) float32.
@@ -25,6 +29,7 @@ def export(
     torch.export.load) on two image sizes that are not multiples of 4 and compared with PyTorch; a max abs
     difference above 1e-3 deletes it and exits 1. ONNX needs `pip install 'spix\\[export]'`.
     """
+    s = resolve(S, config, dict(format=format, pool=pool))
     from spix.inference.export import TOLERANCE, ExportError, export_model
     from spix.trainer.checkpoint import CheckpointError, load_model
 
@@ -37,7 +42,7 @@ def export(
     except (ValueError, KeyError, TypeError, OSError) as exc:
         fail(f"{run_or_model}: cannot load the model ({type(exc).__name__}: {exc})")
     try:
-        report = export_model(model, out, format, pool)
+        report = export_model(model, out, s["format"], s["pool"])
     except ExportError as exc:
         fail(str(exc))
     runtime = "ONNX Runtime" if report.format == "onnx" else "torch.export.load"

@@ -9,60 +9,58 @@ from typing import Any
 
 import typer
 
-from spix.cli.config import resolve
+from spix.cli.config import config_flag, flag, resolve
 from spix.cli.ui import fail
+from spix.trainer.config import LOSSES, PRESETS, RUNS_DIR, make_train_config
+
+S = "train"
+SCHEDULES = ("cosine", "constant")
 
 
 def train(
-    shards: str | None = typer.Option(None, help="Shard folder written by `spix preprocess` (default: data/shards)."),
-    out: str | None = typer.Option(None, help="Run folder (default: a new runs/<date-time>)."),
-    workers: int | None = typer.Option(None, help="Ray Train workers, one DDP process each (default: 2)."),
-    epochs: int | None = typer.Option(None, help="Epochs (default: 10)."),
-    batch_size: int | None = typer.Option(None, help="Images per worker per step (default: 8)."),
-    lr: float | None = typer.Option(None, help="AdamW learning rate (default: 0.001)."),
-    preset: str | None = typer.Option(None, help="Model widths: paper (64/128/256) or tiny (default: paper)."),
-    loss: str | None = typer.Option(None, help="superpixel (the method) or pixel (sampled-pixel baseline) (default: superpixel)."),
-    pixel_samples: int | None = typer.Option(None, help="Pixels sampled per image by --loss pixel (default: 1024)."),
-    crop: int | None = typer.Option(None, help="Side of the random square training crop (default: 224)."),
-    gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="One GPU per worker, NCCL (default: GPU when Ray sees one)."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on GPU (default: on)."),
-    seed: int | None = typer.Option(None, help="Seed of weights, crops and shuffling (default: 0)."),
-    max_minutes: float | None = typer.Option(None, help="Stop at the end of the first epoch that passes this many minutes of training; 0 = no limit (default: 0)."),
-    deterministic: bool | None = typer.Option(None, "--deterministic/--nondeterministic", help="Batches in planned order, so the same seed and workers give the same run; --nondeterministic takes crops as they finish (default: deterministic)."),
-    address: str | None = typer.Option(None, help="Join a Ray cluster: 'auto' or HOST:PORT (default: local Ray)."),
+    shards: str | None = flag(S, "shards", "Shard folder written by `spix preprocess`."),
+    out: str | None = flag(S, "out", "Run folder.", empty="a new folder runs/<date-time>"),
+    workers: int | None = flag(S, "workers", "Ray Train workers, one DDP process each."),
+    epochs: int | None = flag(S, "epochs", "Epochs (at most, with --max-minutes)."),
+    max_minutes: float | None = flag(S, "max_minutes", "Stop at the end of the first epoch that passes this many minutes of training; 0 = no limit."),
+    batch_size: int | None = flag(S, "batch_size", "Images per worker per step."),
+    lr: float | None = flag(S, "lr", "Peak AdamW learning rate."),
+    schedule: str | None = flag(S, "schedule", "Learning-rate schedule after the warm-up: cosine (down to 2% of --lr at the end of the run) or constant."),
+    warmup_steps: int | None = flag(S, "warmup_steps", "Steps of linear warm-up from 0 to --lr."),
+    preset: str | None = flag(S, "preset", f"Model widths: {', '.join(f'{k} {v}' for k, v in PRESETS.items())}, or auto: paper on GPUs, a model that learns within minutes on CPUs."),
+    loss: str | None = flag(S, "loss", "superpixel (the method) or pixel (the paper's sampled-pixel baseline)."),
+    pixel_samples: int | None = flag(S, "pixel_samples", "Pixels sampled per image by --loss pixel."),
+    crop: int | None = flag(S, "crop", "Side of the random square training crop."),
+    gpu: bool | None = flag(S, "gpu", "One GPU per worker, NCCL; auto: when Ray sees a GPU.", "--gpu/--no-gpu"),
+    amp: bool | None = flag(S, "amp", "bf16 autocast on GPU.", "--amp/--no-amp"),
+    seed: int | None = flag(S, "seed", "Seed of weights, crops and shuffling."),
+    deterministic: bool | None = flag(S, "deterministic", "Batches in planned order, so the same seed and workers give the same run; --nondeterministic takes crops as they finish.", "--deterministic/--nondeterministic"),
+    address: str | None = flag(S, "address", "Join a Ray cluster: 'auto' or HOST:PORT.", empty="a local Ray"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with a \\[train] section; flags override it."),
+    config: Path | None = config_flag(S),
 ) -> None:
     """Train the feature extractor with the superpixel N-pair loss (DDP on Ray Train: gloo on CPU, NCCL on GPU).
 
-    Every epoch: a checkpoint, and a metrics line (loss, pair distances, images/s, validation loss and
-    pair AUC) printed and appended to RUN/metrics.jsonl. At the end RUN/model.pt and RUN/model.json.
+    Every epoch: a checkpoint, and a metrics line (loss, pair distances, images/s and the share of the
+    time spent waiting for data, validation loss and pair AUC) printed and appended to
+    RUN/metrics.jsonl. At the end RUN/model.pt and RUN/model.json.
     """
-    from spix.trainer.config import TrainConfig
-    from spix.trainer.distributed import TrainingInputError, read_metrics, run_training
-    from spix.trainer.losses import LOSSES
-    from spix.trainer.model import PRESETS
-
     s = resolve(
-        "train", config,
-        dict(shards=shards, out=out, workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, preset=preset,
-             loss=loss, pixel_samples=pixel_samples, crop=crop, gpu=gpu, amp=amp, seed=seed, max_minutes=max_minutes,
-             deterministic=deterministic, address=address),
+        S, config,
+        dict(shards=shards, out=out, workers=workers, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size,
+             lr=lr, schedule=schedule, warmup_steps=warmup_steps, preset=preset, loss=loss,
+             pixel_samples=pixel_samples, crop=crop, gpu=gpu, amp=amp, seed=seed, deterministic=deterministic,
+             address=address),
     )
-    if s["preset"] not in PRESETS or s["loss"] not in LOSSES:
-        fail(f"--preset must be one of {sorted(PRESETS)} and --loss one of {list(LOSSES)}")
-    if min(s["workers"], s["epochs"], s["batch_size"], s["crop"], s["pixel_samples"]) < 1 or s["max_minutes"] < 0:
-        fail("--workers, --epochs, --batch-size, --crop and --pixel-samples must be >= 1, --max-minutes >= 0")
-    if resume and not s["out"]:
-        fail("--resume needs --out RUN, the run folder to continue")
-    s["out"] = s["out"] or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    check_arguments(s, resume)
+    s["out"] = s["out"] or str(RUNS_DIR / f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if s["gpu"] == "auto":
         s["gpu"] = gpu_available(s["address"])
-    s["amp"] = bool(s["amp"] and s["gpu"])
-    address_used = s.pop("address")
-    config_values = {k: v for k, v in s.items() if k in TrainConfig.__dataclass_fields__}
+    config_values = make_train_config(s)
+    from spix.trainer.distributed import TrainingInputError, read_metrics, run_training
+
     try:
-        run_dir = run_training(TrainConfig(**config_values), address=address_used, resume=resume, on_epoch=print_epoch)
+        run_dir = run_training(config_values, address=s["address"], resume=resume, on_epoch=print_epoch)
     except TrainingInputError as exc:
         fail(str(exc))
     except RuntimeError as exc:  # the workers' error snippet, after Ray Train's retries ran out
@@ -71,6 +69,22 @@ def train(
     if last.get("stopped_by_time"):
         typer.echo(f"stopped after epoch {last['epoch']}: more than --max-minutes {s['max_minutes']:g} of training")
     typer.echo(f"done: {run_dir}/model.pt and model.json; metrics in {run_dir}/metrics.jsonl")
+
+
+def check_arguments(s: dict[str, Any], resume: bool) -> None:
+    """One clear line for the first bad argument, before torch or Ray is imported."""
+    if s["preset"] not in (*PRESETS, "auto"):
+        fail(f"--preset must be one of {[*PRESETS, 'auto']}, not {s['preset']!r}")
+    if s["loss"] not in LOSSES:
+        fail(f"--loss must be one of {list(LOSSES)}, not {s['loss']!r}")
+    if s["schedule"] not in SCHEDULES:
+        fail(f"--schedule must be one of {list(SCHEDULES)}, not {s['schedule']!r}")
+    if min(s["workers"], s["epochs"], s["batch_size"], s["crop"], s["pixel_samples"]) < 1:
+        fail("--workers, --epochs, --batch-size, --crop and --pixel-samples must be >= 1")
+    if s["max_minutes"] < 0 or s["warmup_steps"] < 0 or s["lr"] <= 0:
+        fail("--max-minutes and --warmup-steps must be >= 0, --lr > 0")
+    if resume and not s["out"]:
+        fail("--resume needs --out RUN, the run folder to continue")
 
 
 def gpu_available(address: str) -> bool:

@@ -21,3 +21,10 @@ def init_ray(address: str = "", num_cpus: int = 0, num_gpus: int | None = None) 
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or None, num_gpus=num_gpus, **kwargs)
+
+
+def node_id() -> str:
+    """The Ray node this code runs on, for run records ("local" outside Ray: plain calls and tests)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"

@@ -30,6 +30,7 @@ from spix.pipeline.dataset import layout_problems
 
 OFFICIAL_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 CHUNK_BYTES = 1 << 20
+BACKOFF_S = 1.0  # first wait before a retry; it doubles with every failed attempt
 MAX_BACKOFF_S = 60.0
 FATAL_HTTP_STATUS = range(400, 500)  # client errors: asking again gives the same answer
 RETRY_HTTP_STATUS = (408, 429)  # ... except these two
@@ -97,9 +98,9 @@ def fetch_and_unpack(
     dest: Path,
     *,
     sha256: str | None = None,
-    retries: int = 5,
-    backoff_s: float = 1.0,
-    timeout_s: float = 60.0,
+    retries: int,
+    timeout_s: float,
+    backoff_s: float = BACKOFF_S,
     keep_archive: bool = False,
     progress: Progress | None = None,
     note: Note | None = None,
@@ -142,9 +143,9 @@ def download_file(
     url: str,
     part: Path,
     *,
-    retries: int = 5,
-    backoff_s: float = 1.0,
-    timeout_s: float = 60.0,
+    retries: int,
+    timeout_s: float,
+    backoff_s: float = BACKOFF_S,
     progress: Progress | None = None,
     note: Note | None = None,
 ) -> int | None:

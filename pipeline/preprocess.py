@@ -21,7 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from spix.pipeline.dataset import ImageRecord, check_layout, list_split, read_class_names
+from spix.configs import build, defaults
+from spix.pipeline.cluster import node_id
+from spix.pipeline.dataset import ADE_NUM_CLASSES, ImageRecord, check_layout, list_split, read_class_names
 from spix.pipeline.imageio import (
     BadInputError,
     decode_labels,
@@ -49,19 +51,32 @@ from spix.pipeline.superpixels import compute_superpixels, slic_class, superpixe
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters of glibc's malloc.h
 
 
+JPEG_QUALITY = 95  # for images that had to be re-encoded (resized or converted)
+SLIC_IMPLEMENTATION = "fast-slic 0.4.0"
+
+
 @dataclass(frozen=True)
 class PreprocessParams:
-    """Everything that changes what a shard holds; stored in every shard and the manifest."""
+    """Everything that changes what a shard holds; stored in every shard and the manifest.
 
-    num_superpixels: int = 500
-    compactness: float = 10.0
-    max_side: int = 0
-    num_classes: int = 150
-    jpeg_quality: int = 95  # for images that had to be re-encoded (resized or converted)
-    slic: str = "fast-slic 0.4.0"
+    The first three are settings ([preprocess] in configs/default.toml); the class count comes from the
+    data root, the last two are facts of this version of spix.
+    """
+
+    num_superpixels: int
+    compactness: float
+    max_side: int
+    num_classes: int = ADE_NUM_CLASSES
+    jpeg_quality: int = JPEG_QUALITY
+    slic: str = SLIC_IMPLEMENTATION
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def preprocess_params(**overrides: Any) -> PreprocessParams:
+    """The [preprocess] defaults of configs/default.toml with `overrides`."""
+    return build(PreprocessParams, {**defaults("preprocess"), **overrides})
 
 
 @dataclass(frozen=True)
@@ -166,19 +181,13 @@ def preprocess_record(data_root: str, record: ImageRecord, params: PreprocessPar
         raise BadInputError(f"unexpected {type(exc).__name__}: {exc}") from exc
 
 
-def current_node() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-
-
 def build_shard(plan: ShardPlan, data_root: str, out_uri: str, params: PreprocessParams) -> ShardResult:
     """Preprocess every image of a shard plan and write the shard atomically (plain function)."""
     start = time.perf_counter()
     keep_freed_memory_in_process()
     slic_class()  # load fast-slic once, before the first image
     writer = ShardWriter(out_uri, plan.name, params.as_dict())
-    result = ShardResult(plan.name, plan.split, 0, node=current_node())
+    result = ShardResult(plan.name, plan.split, 0, node=node_id())
     try:
         for record in plan.records:
             try:
@@ -308,7 +317,7 @@ def exercise_once() -> str:
     keep_freed_memory_in_process()
     noise = np.random.default_rng(0).integers(0, 256, (512, 683, 3), dtype=np.uint8)
     row = preprocess_image(
-        encode_png(noise), encode_png(noise[:, :, 0] % 2), ImageRecord("warm-up", "training", "", ""), PreprocessParams()
+        encode_png(noise), encode_png(noise[:, :, 0] % 2), ImageRecord("warm-up", "training", "", ""), preprocess_params()
     )
     pq.write_table(rows_to_table([row]), io.BytesIO(), **SHARD_WRITE_OPTIONS)
     time.sleep(0.5)
@@ -353,7 +362,7 @@ def rebuild_shard_isolated(plan: ShardPlan, data_root: str, out_uri: str, params
 
     image_task = ray.remote(num_cpus=1, max_retries=0)(preprocess_record)
     refs = [image_task.remote(data_root, record, params) for record in plan.records]
-    result = ShardResult(plan.name, plan.split, 0, node=current_node())
+    result = ShardResult(plan.name, plan.split, 0, node=node_id())
     rows = []
     for record, ref in zip(plan.records, refs):
         try:

@@ -110,19 +110,40 @@ def label_runs(superpixels: np.ndarray, labels: np.ndarray) -> Runs:
     return Runs(rows, cols, lengths, run_ids, values[starts].astype(np.intp), int(run_ids.max()) + 1)
 
 
-def majority_from_runs(runs: Runs, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Majority label (ties -> smallest id), its purity and the area of every superpixel."""
-    votes = np.bincount(runs.ids * num_labels + runs.labels, runs.lengths, runs.count * num_labels)
+def majority_from_runs(
+    runs: Runs, num_labels: int, ignore_label: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Majority label (ties -> smallest label), its purity and the pixels that voted, per superpixel id.
+
+    Labels must lie in [0, num_labels). Pixels labelled `ignore_label` (when given) do not vote: a
+    superpixel's majority is then its most common other label, its purity that label's share of the
+    voting pixels, and a superpixel without voters gets `ignore_label` and purity 0. Without an
+    ignored label every pixel votes, so the voters are the superpixel's area.
+    """
+    if runs.labels.size and (runs.labels.min() < 0 or runs.labels.max() >= num_labels):
+        raise ValueError(f"labels must lie in [0, {num_labels})")  # else they would vote for the next superpixel
+    if runs.ids.size and runs.ids.min() < 0:
+        raise ValueError("superpixel ids must be non-negative")
+    weights = runs.lengths if ignore_label is None else np.where(runs.labels == ignore_label, 0, runs.lengths)
+    votes = np.bincount(runs.ids * num_labels + runs.labels, weights, runs.count * num_labels)
     votes = votes.reshape(runs.count, num_labels)
-    area = votes.sum(axis=1)
+    voters = votes.sum(axis=1)
     majority = votes.argmax(axis=1)
-    purity = votes[np.arange(runs.count), majority] / np.maximum(area, 1)
-    return majority.astype(np.uint8), purity.astype(np.float32), area.astype(np.int64)
+    purity = votes[np.arange(runs.count), majority] / np.maximum(voters, 1)
+    if ignore_label is not None:
+        majority[voters == 0] = ignore_label
+    return majority.astype(np.min_scalar_type(num_labels - 1)), purity.astype(np.float32), voters.astype(np.int64)
 
 
-def majority_labels(superpixels: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Majority label (ties -> smallest id), its purity and the area of every superpixel of a map."""
-    return majority_from_runs(label_runs(superpixels, labels), num_labels)
+def majority_labels(
+    superpixels: np.ndarray, labels: np.ndarray, num_labels: int, ignore_label: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Majority label, purity and voting pixels of every superpixel id 0..max of a map (majority_from_runs)."""
+    if superpixels.shape != labels.shape:
+        raise ValueError(f"superpixel map {superpixels.shape} and label map {labels.shape} differ in shape")
+    if superpixels.size == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return majority_from_runs(label_runs(superpixels, labels), num_labels, ignore_label)
 
 
 def run_sums(image: np.ndarray, runs: Runs) -> np.ndarray:
@@ -156,3 +177,12 @@ def superpixel_stats(superpixels: np.ndarray, labels: np.ndarray, rgb: np.ndarra
         centroid=means[:, :2].astype(np.float32),
         mean_rgb=means[:, 2:].astype(np.float32),
     )
+
+
+def paint_superpixels(superpixels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-pixel map of a per-superpixel value (values[superpixels])."""
+    values = np.asarray(values)
+    sp = np.asarray(superpixels)
+    if sp.size and sp.max() >= len(values):
+        raise ValueError(f"superpixel id {int(sp.max())} has no value ({len(values)} given)")
+    return values[sp]

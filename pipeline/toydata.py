@@ -355,8 +355,8 @@ def make_toy_dataset(
     n_val: int,
     n_classes: int,
     seed: int,
-    min_side: int = 256,
-    max_side: int = 512,
+    min_side: int,
+    max_side: int,
 ) -> None:
     """Write OUT/images/<split>/ADE_<train|val>_%08d.jpg, matching annotations/*.png and objectInfo150.csv.
 

@@ -1,3 +1,3 @@
-from spix.cli.main import app
+from spix.cli.main import run
 
-app()
+run()

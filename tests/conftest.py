@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-# Shared helpers live in tests/helpers.py; SPIX and run_spix stay importable from here for the test
-# modules that still do `from conftest import run_spix`.
-from helpers import SPIX, run_spix  # noqa: F401
+from helpers import run_spix
+
 
 
 @pytest.fixture(scope="session")

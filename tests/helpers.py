@@ -152,7 +152,7 @@ def run_preprocess_serially(monkeypatch: Any, data_root: Path, out: Path, **kwar
     monkeypatch.setattr(cluster, "init_ray", lambda *args, **kwargs: None)
     defaults: dict[str, Any] = dict(splits=("training", "validation"), images_per_shard=4)
     settings = {**defaults, **kwargs}
-    params = settings.pop("params", preprocess.PreprocessParams(num_superpixels=12))
+    params = settings.pop("params", preprocess.preprocess_params(num_superpixels=12))
     return preprocess.run_preprocess(data_root, str(out), settings.pop("splits"), params, settings.pop("images_per_shard"), **settings)
 
 

@@ -1,13 +1,26 @@
-"""Settings layer: configs/default.toml < --config FILE < flags; typos in a config are refused."""
+"""Settings: configs/default.toml is the one place a default is written; < --config FILE < flags."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import typer
 
-from spix.cli.config import default_config, resolve
+from helpers import run_spix
+from spix.cli.config import resolve, shown
+from spix.configs import SettingsError, build, default_config, defaults
+from spix.pipeline.preprocess import PreprocessParams
+from spix.trainer.config import TrainConfig, make_train_config
+from spix.trainer.evaluate import EvalSettings
+
+COMMANDS = {"preprocess": "preprocess", "toy": "make-toy-data", "train": "train", "eval": "eval",
+            "infer": "infer", "download": "download ade20k", "export": "export"}
+NOT_FLAGS = {"train": {"weight_decay", "min_purity", "shuffle_window", "prefetch_batches", "val_max_images", "max_failures"},
+             "eval": {"max_superpixels_per_image", "min_purity", "max_pairs_per_image"},
+             "infer": {"smooth_radius", "feature_eps", "layer_eps", "seed", "basis_images"}}  # config-file only
 
 
 def test_flags_override_the_file_which_overrides_the_defaults(tmp_path: Path) -> None:
@@ -26,5 +39,57 @@ def test_a_misspelt_key_is_an_error_not_silently_ignored(tmp_path: Path) -> None
         resolve("preprocess", config, {})
 
 
-def test_every_command_section_is_in_the_defaults() -> None:
-    assert {"preprocess", "toy", "train"} <= set(default_config())
+def test_every_command_has_a_section() -> None:
+    assert set(COMMANDS) <= set(default_config())
+
+
+@pytest.mark.parametrize("cls,section", [(PreprocessParams, "preprocess"), (EvalSettings, "eval")])
+def test_typed_settings_are_built_from_their_section_alone(cls: type, section: str) -> None:
+    built = build(cls, defaults(section))
+    for field in dataclasses.fields(cls):
+        if field.name in defaults(section):
+            assert getattr(built, field.name) == defaults(section)[field.name], field.name
+        else:  # facts of the data or of this spix, not settings: they carry their own value
+            assert field.default is not dataclasses.MISSING, f"{cls.__name__}.{field.name} has no setting and no value"
+
+
+def test_train_settings_come_from_the_section_and_auto_picks_by_device() -> None:
+    values = {**defaults("train"), "gpu": False}
+    config = make_train_config(values)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(values), "every field is a setting"
+    assert config.lr == defaults("train")["lr"] and config.crop == defaults("train")["crop"]
+    assert make_train_config({**values, "preset": "auto", "gpu": True}).preset == "paper"
+    assert make_train_config({**values, "preset": "auto", "gpu": False}).preset != "paper"
+    assert make_train_config({**values, "gpu": False, "amp": True}).amp is False, "bf16 autocast only on a GPU"
+
+
+def test_wrong_and_missing_settings_are_one_clear_error() -> None:
+    with pytest.raises(SettingsError, match="num_superpixels"):
+        build(PreprocessParams, {**defaults("preprocess"), "num_superpixels": "many"})
+    with pytest.raises(SettingsError, match="compactness"):
+        build(PreprocessParams, {"num_superpixels": 5, "max_side": 0})
+    assert build(PreprocessParams, {**defaults("preprocess"), "compactness": 12}).compactness == 12.0, "an int is a float"
+
+
+@pytest.mark.parametrize("section", sorted(COMMANDS))
+def test_help_shows_the_defaults_of_default_toml(section: str) -> None:
+    result = run_spix(*COMMANDS[section].split(), "--help", env={"COLUMNS": "400"})
+    assert result.returncode == 0, result.stderr
+    assert "<bool>" not in result.stdout and "{" not in result.stdout.splitlines()[0]
+    text = re.sub(r"\s+", " ", result.stdout)
+    for key, value in defaults(section).items():
+        if key in NOT_FLAGS.get(section, set()) or value in ("", 0) or key in ("address", "num_cpus", "checkpoint", "out"):
+            continue
+        option = "--" + key.replace("_", "-")
+        match = re.search(re.escape(option) + r"\b[^-]*?.*?\(default: ([^)]*)\)", text)
+        assert match, (section, key)
+        assert match.group(1) == shown(value), (section, key, match.group(1))
+
+
+def test_a_default_edited_in_a_config_file_changes_what_the_command_does(tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text("[toy]\ntrain = 3\nval = 1\nmin_side = 32\nmax_side = 40\n")
+    result = run_spix("make-toy-data", str(tmp_path / "toy"), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "toy" / "images" / "training").glob("*.jpg"))) == 3
+    assert len(list((tmp_path / "toy" / "images" / "validation").glob("*.jpg"))) == 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spix.pipeline.shards import iter_rows, list_row_groups, read_manifest
-from spix.trainer.config import TrainConfig
+from spix.trainer.config import train_config
 from spix.trainer.data import crop_row, crop_task, random_crop, stack_crops
 from spix.trainer.feed import crop_settings, local_batches, rebatch, training_plan
 
@@ -147,7 +147,7 @@ def test_rebatch_cuts_chunks_of_any_length_into_batches_in_order() -> None:
 
 
 def test_crop_tasks_crop_the_planned_rows_in_order(toy_shards) -> None:
-    config = TrainConfig(shards=str(toy_shards), out="", crop=32, batch_size=3, workers=1, shuffle_window=2, seed=4)
+    config = train_config(shards=str(toy_shards), out="", crop=32, batch_size=3, workers=1, shuffle_window=2, seed=4)
     groups = list_row_groups(str(toy_shards), "training")
     settings = crop_settings(config, groups, read_manifest(str(toy_shards)))
     plan = training_plan(config, groups, workers=1)

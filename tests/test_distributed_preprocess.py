@@ -6,9 +6,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import run_spix
+from helpers import run_spix
 from spix.pipeline.shards import iter_samples, read_manifest
 
 

@@ -150,7 +150,7 @@ def server():
 
 def fetch(server: Server, dest: Path, **kwargs) -> bool:
     url = server.url("/ADEChallengeData2016.zip")
-    return fetch_and_unpack(ADE20K, url, dest, backoff_s=0.01, timeout_s=5, **kwargs)
+    return fetch_and_unpack(ADE20K, url, dest, backoff_s=0.01, timeout_s=5, **{"retries": 5, **kwargs})
 
 
 def assert_unpacked(dest: Path, members: dict[str, bytes], under: str = "") -> None:
@@ -259,7 +259,7 @@ def test_complete_part_answered_416_is_not_downloaded_again(server: Server, tmp_
     server.files["/x.zip"] = data
     part = tmp_path / "x.zip.part"
     part.write_bytes(data)
-    assert download_file(server.url("/x.zip"), part, backoff_s=0.01) == len(data)
+    assert download_file(server.url("/x.zip"), part, retries=5, timeout_s=5, backoff_s=0.01) == len(data)
     assert part.read_bytes() == data
 
 
@@ -268,7 +268,7 @@ def test_stale_part_larger_than_the_file_starts_over(server: Server, tmp_path: P
     server.files["/x.zip"] = data
     part = tmp_path / "x.zip.part"
     part.write_bytes(b"\0" * (len(data) + 10))
-    assert download_file(server.url("/x.zip"), part, backoff_s=0.01) == len(data)
+    assert download_file(server.url("/x.zip"), part, retries=5, timeout_s=5, backoff_s=0.01) == len(data)
     assert part.read_bytes() == data
 
 
@@ -276,7 +276,7 @@ def test_server_error_is_retried(server: Server, tmp_path: Path) -> None:
     server.files["/x.zip"] = b"0123456789"
     server.misbehave = {"503"}
     part = tmp_path / "x.zip.part"
-    assert download_file(server.url("/x.zip"), part, backoff_s=0.01) == 10
+    assert download_file(server.url("/x.zip"), part, retries=5, timeout_s=5, backoff_s=0.01) == 10
     assert part.read_bytes() == b"0123456789" and len(server.requests) == 2
 
 
@@ -284,7 +284,7 @@ def test_retries_run_out(server: Server, tmp_path: Path) -> None:
     server.files["/x.zip"] = b"0123456789"
     server.misbehave = {"503"}
     with pytest.raises(DownloadError, match="after 0 retries: HTTP 503"):
-        download_file(server.url("/x.zip"), tmp_path / "x.zip.part", retries=0)
+        download_file(server.url("/x.zip"), tmp_path / "x.zip.part", retries=0, timeout_s=5)
 
 
 def test_corrupted_archive_is_deleted_and_nothing_unpacked(server: Server, tmp_path: Path) -> None:

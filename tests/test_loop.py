@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from spix.pipeline.shards import iter_samples
-from spix.trainer.config import TrainConfig
+from spix.trainer.config import train_config
 from spix.trainer.data import Batch
 from spix.trainer.loop import FINAL_LR_FRACTION, learning_rate, out_of_time, planned_steps, run_epoch, validate
 from spix.trainer.model import build_model
 
-CONFIG = TrainConfig("", "", lr=0.01, epochs=10, schedule="cosine", warmup_steps=4)
+CONFIG = train_config(shards="", out="", lr=0.01, epochs=10, schedule="cosine", warmup_steps=4, max_minutes=0.0)
 
 
 def test_warm_up_is_linear_and_the_cosine_ends_at_its_floor() -> None:
@@ -80,8 +80,8 @@ def test_validation_scores_each_image_the_same_whatever_the_order(toy_shards) ->
     torch.manual_seed(0)
     model = build_model("tiny").eval()
     samples = list(iter_samples(str(toy_shards), "validation"))
-    forward = validate(model, samples, torch.device("cpu"), max_pairs_per_image=50)
-    backward = validate(model, samples[::-1], torch.device("cpu"), max_pairs_per_image=50)
+    forward = validate(model, samples, torch.device("cpu"), 0.5, 0, False, max_pairs_per_image=50)
+    backward = validate(model, samples[::-1], torch.device("cpu"), 0.5, 0, False, max_pairs_per_image=50)
     assert forward.images == backward.images == len(samples)
     assert math.isclose(forward.loss_sum, backward.loss_sum, rel_tol=1e-9)
     assert sorted(zip(forward.scores, forward.positives)) == sorted(zip(backward.scores, backward.positives))

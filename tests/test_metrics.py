@@ -11,15 +11,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from helpers import brute_force_ari, brute_force_asa, brute_force_auc, brute_force_majority
+from spix.pipeline.superpixels import majority_labels, paint_superpixels
+from spix.trainer.probe import LinearProbe
 from spix.trainer.metrics import (
-    LinearProbe,
     achievable_segmentation_accuracy,
-    baseline_features,
     clustering_ari,
     pair_auc,
-    paint_superpixels,
     segmentation_scores,
-    superpixel_majority,
 )
 
 
@@ -100,28 +98,29 @@ def test_pair_auc_is_nan_without_positive_or_negative_pairs():
 
 
 @pytest.mark.parametrize("ignore", [None, 0])
-def test_superpixel_majority_and_purity_match_brute_force(ignore):
+def test_majority_labels_with_an_ignored_label_match_brute_force(ignore):
     rng = np.random.default_rng(5)
     for _ in range(20):
         sp = rng.integers(0, 8, size=(9, 11))
         lab = rng.integers(0, 4, size=(9, 11))
-        majority, purity = superpixel_majority(sp, lab, num_labels=4, ignore_label=ignore)
+        majority, purity, _ = majority_labels(sp, lab, num_labels=4, ignore_label=ignore)
         expected_majority, expected_purity = brute_force_majority(sp, lab, ignore)
         assert majority.tolist() == expected_majority
         np.testing.assert_allclose(purity, expected_purity)
 
 
-def test_superpixel_majority_hand_case_tie_goes_to_smallest_label():
+def test_majority_labels_hand_case_tie_goes_to_smallest_label():
     sp = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
     lab = np.array([[3, 2, 0, 0], [2, 3, 0, 5]])
-    majority, purity = superpixel_majority(sp, lab, num_labels=6, ignore_label=0)
+    majority, purity, voters = majority_labels(sp, lab, num_labels=6, ignore_label=0)
     assert majority.tolist() == [2, 5]
     assert purity.tolist() == [0.5, 1.0]
-    majority, purity = superpixel_majority(sp, lab, num_labels=6)  # 0 votes too
+    assert voters.tolist() == [4, 1]
+    majority, purity, voters = majority_labels(sp, lab, num_labels=6)  # 0 votes too
     assert majority.tolist() == [2, 0]
     assert purity.tolist() == [0.5, 0.75]
     with pytest.raises(ValueError):
-        superpixel_majority(sp, lab, num_labels=5)
+        majority_labels(sp, lab, num_labels=5)
 
 
 @pytest.mark.parametrize("ignore", [None, 0])
@@ -315,23 +314,3 @@ def test_linear_probe_load_rejects_broken_files(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(ValueError):
         LinearProbe.load(path)
-
-
-# ----------------------------------------------------------------------------- baseline features
-
-
-def test_baseline_features_match_brute_force():
-    rng = np.random.default_rng(16)
-    rgb = rng.integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
-    sp = rng.integers(0, 5, size=(7, 9))
-    sp[sp == 3] = 4  # id 3 left empty, 6 ids in all
-    features = baseline_features(rgb, sp, num_superpixels=6)
-    assert features.shape == (6, 5)
-    for s in range(6):
-        pixels = [(y, x) for y in range(7) for x in range(9) if sp[y, x] == s]
-        if not pixels:
-            assert features[s].tolist() == [0.0] * 5
-            continue
-        colour = [sum(int(rgb[y, x, c]) for y, x in pixels) / len(pixels) / 255 for c in range(3)]
-        centroid = [sum(y for y, _ in pixels) / len(pixels) / 7, sum(x for _, x in pixels) / len(pixels) / 9]
-        np.testing.assert_allclose(features[s], colour + centroid)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spix.trainer.model import IMAGE_MEAN, IMAGE_STD, PRESETS, build_model, normalize_images
+from spix.trainer.config import PRESETS
+from spix.trainer.model import IMAGE_MEAN, IMAGE_STD, build_model, normalize_images
 
 
 def hand_parameter_count(widths: tuple[int, int, int], dim: int) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import SPIX, brute_force_stats, png, run_spix, write_untidy_dataset
 from spix.pipeline.dataset import ImageRecord
-from spix.pipeline.preprocess import PreprocessParams, preprocess_image
+from spix.pipeline.preprocess import preprocess_params, preprocess_image
 from spix.pipeline.shards import SHARD_SCHEMA, iter_samples, read_manifest, row_to_sample
 from spix.pipeline.superpixels import majority_labels, relabel_contiguous, superpixel_stats
 
@@ -128,7 +128,7 @@ def test_max_side_resizes_image_and_labels_nearest() -> None:
     rgb = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(1, 5, dtype=np.uint8), 50)[None, :].repeat(120, axis=0)
     record = ImageRecord("x", "training", "images/training/x.png", "annotations/training/x.png")
-    row = preprocess_image(png(rgb), png(labels), record, PreprocessParams(num_superpixels=50, max_side=64, num_classes=4))
+    row = preprocess_image(png(rgb), png(labels), record, preprocess_params(num_superpixels=50, max_side=64, num_classes=4))
     assert (row["height"], row["width"], row["orig_height"], row["orig_width"]) == (38, 64, 120, 200)
     sample = row_to_sample(row)
     assert set(np.unique(sample.labels)) <= {1, 2, 3, 4}, "nearest-neighbour labels invent no values"

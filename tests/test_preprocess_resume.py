@@ -24,11 +24,11 @@ from helpers import (
     write_tiny_image,
     write_untidy_dataset,
 )
-from spix.pipeline.preprocess import PreprocessParams
+from spix.pipeline.preprocess import preprocess_params
 
 TRAINING = [f"t{i:02d}" for i in range(10)]  # shards of 4: t00-t03 | t04-t07 | t08-t09
 VALIDATION = ["v0", "v1", "v2"]
-PARAMS = PreprocessParams(num_superpixels=12)
+PARAMS = preprocess_params(num_superpixels=12)
 CLI_ARGS = ("--num-superpixels", "12", "--images-per-shard", "4")  # the same parameters, as flags
 
 
@@ -167,7 +167,7 @@ def test_cli_overwrite_rebuilds_with_the_new_parameters(
     assert result.returncode == 0, result.stderr
     manifest = json.loads((cli_shards / "manifest.json").read_text())
     assert manifest["shards_reused"] == 0 and manifest["params"]["num_superpixels"] == 40
-    new_params = PreprocessParams(num_superpixels=40)
+    new_params = preprocess_params(num_superpixels=40)
     fresh_out = tmp_path / "fresh"
     run_preprocess_serially(monkeypatch, dataset, fresh_out, params=new_params)
     assert shard_files(cli_shards).keys() == old_rows.keys()
@@ -190,7 +190,7 @@ def test_manifest_counts_are_the_rows_written_with_untidy_inputs(tmp_path: Path,
     inputs = sorted(p.name for p in (root / "images" / "training").iterdir())
     assert len(inputs) == len(good) + len(reasons) == 14
     for attempt in ("first run", "resumed run"):
-        manifest = run_preprocess_serially(monkeypatch, root, out, params=PreprocessParams(num_superpixels=40))
+        manifest = run_preprocess_serially(monkeypatch, root, out, params=preprocess_params(num_superpixels=40))
         rows = {"training": [row for name in manifest["splits"]["training"]["shards"] for row in shard_rows(out / name)]}
         written = {Path(row["source_path"]).name for row in rows["training"]}
         assert written == good, attempt

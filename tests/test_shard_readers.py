@@ -18,10 +18,10 @@ import pytest
 
 from helpers import brute_force_stats, png, run_preprocess_serially, tiny_image, write_tiny_dataset
 from spix.pipeline.dataset import ImageRecord
-from spix.pipeline.preprocess import PreprocessParams, preprocess_image
+from spix.pipeline.preprocess import preprocess_params, preprocess_image
 from spix.pipeline.shards import MANIFEST, SCHEMA_VERSION, ShardWriter, iter_rows, iter_samples, shard_paths
 
-PARAMS = PreprocessParams(num_superpixels=12, num_classes=3)
+PARAMS = preprocess_params(num_superpixels=12, num_classes=3)
 ROWS_PER_GROUP = 4
 # Shard sizes chosen so that the row groups come out 4+4+3 and 4+1 (a last group shorter than the others)
 # and the validation split is a single partial group.
@@ -163,7 +163,7 @@ def test_preprocess_writes_groups_of_32_rows_and_iter_samples_reads_all_of_them(
     root = tmp_path / "ADE"
     write_tiny_dataset(root, {"training": names, "validation": []})
     out = tmp_path / "shards"
-    manifest = run_preprocess_serially(monkeypatch, root, out, params=PreprocessParams(num_superpixels=12),
+    manifest = run_preprocess_serially(monkeypatch, root, out, params=preprocess_params(num_superpixels=12),
                                        images_per_shard=70)
     assert manifest["splits"]["training"]["shards"] == ["training-00000.parquet"]
     metadata = pq.ParquetFile(out / "training-00000.parquet").metadata

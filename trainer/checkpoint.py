@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spix.trainer.model import PRESETS, FeatureExtractor
+from spix.pipeline.files import write_atomic, write_text_atomic
+from spix.trainer.config import PRESETS, RUNS_DIR
+from spix.trainer.model import FeatureExtractor
 
 STATE_FILE = "state.pt"  # inside every Ray Train checkpoint folder
 MODEL_FILE = "model.pt"
@@ -31,7 +33,7 @@ def save_training_state(
 ) -> None:
     """`epoch` is the number of finished epochs; `feature_basis` the run-wide principal axes (see embedding.py)."""
     state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "config": config}
-    torch.save({**state, "feature_basis": feature_basis}, folder / STATE_FILE)
+    write_atomic(folder / STATE_FILE, lambda handle: torch.save({**state, "feature_basis": feature_basis}, handle))
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:
@@ -40,8 +42,8 @@ def load_training_state(folder: Path) -> dict[str, Any]:
 
 def write_final_model(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """RUN/model.pt (state dict) and RUN/model.json: all inference needs, without Ray."""
-    torch.save(state_dict, run_dir / MODEL_FILE)
-    (run_dir / MODEL_META).write_text(json.dumps(meta, indent=1))
+    write_atomic(run_dir / MODEL_FILE, lambda handle: torch.save(state_dict, handle))
+    write_text_atomic(run_dir / MODEL_META, json.dumps(meta, indent=1))
 
 
 def embedding_dim(state_dict: dict[str, torch.Tensor]) -> int:
@@ -70,12 +72,16 @@ def load_model(run_or_file: Path, device: str | torch.device = "cpu") -> tuple[F
     return model.to(device).eval(), meta
 
 
-def newest_finished_run(runs_dir: Path) -> Path:
-    """The most recently finished run under runs/ (the default checkpoint of `spix infer`)."""
+def resolve_model(checkpoint: str | Path, runs_dir: Path = RUNS_DIR) -> tuple[Path, Path]:
+    """(model.pt, its run folder) for `--checkpoint` of `spix eval` and `spix infer`: a run folder, a model.pt,
+    or "" for the most recently finished run under runs/."""
+    if str(checkpoint):
+        weights, _ = find_model_files(Path(checkpoint))
+        return weights.resolve(), weights.resolve().parent
     finished = sorted(runs_dir.glob(f"*/{MODEL_FILE}"), key=lambda p: p.stat().st_mtime)
     if not finished:
         raise CheckpointError(f"no finished run under {runs_dir}/; train one with `spix train` or pass --checkpoint")
-    return finished[-1].parent
+    return finished[-1].resolve(), finished[-1].resolve().parent
 
 
 def model_meta(preset: str, dim: int, preprocess_params: dict[str, Any], class_names: list[str], train_config: dict[str, Any]) -> dict[str, Any]:

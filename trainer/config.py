@@ -1,40 +1,77 @@
 """The settings of one training run: what `spix train` and `train_without_ray` are told to do.
 
-Recorded in every checkpoint and in RUN/model.json, so a model says how it was made.
+Built from the [train] section of configs/default.toml (the one place a default is written), a user's
+`--config` file and flags. Recorded in every checkpoint and in RUN/model.json, so a model says how it
+was made.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
 
-from spix.trainer.losses import LossConfig
+from spix.configs import build, defaults
+
+# Torch-free on purpose: the command line checks its arguments against these before importing torch or Ray.
+PRESETS: dict[str, tuple[int, int, int]] = {"paper": (64, 128, 256), "tiny": (8, 16, 32)}  # widths c1, c2, c3
+RUNS_DIR = Path("runs")  # where a run goes without --out, and where eval and infer look for the newest
+GPU_PRESET = "paper"  # what preset "auto" trains on GPUs
+CPU_PRESET = "tiny"  # ... and on CPUs: a model that learns within minutes there
+LOSSES = ("superpixel", "pixel")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str  # one of LOSSES
+    pixel_samples: int  # pixels sampled per image by the pixel loss
+    min_purity: float  # superpixels below this label purity take no part
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    shards: str
-    out: str
-    workers: int = 2
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3  # peak learning rate (AdamW)
-    schedule: str = "constant"  # "cosine" (down to 2% of lr at the end of the run) or "constant"
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
-    weight_decay: float = 1e-4
-    preset: str = "paper"
-    loss: str = "superpixel"
-    pixel_samples: int = 1024
-    min_purity: float = 0.5
-    crop: int = 224
-    gpu: bool = False
-    amp: bool = False
-    seed: int = 0
-    shuffle_window: int = 4  # row groups whose images are shuffled together
-    prefetch_batches: int = 4  # ready batches kept ahead of the training step
-    deterministic: bool = True  # batches in planned order (same seed and workers -> same run)
-    val_max_images: int = 200
-    max_failures: int = 3
-    max_minutes: float = 0.0  # stop at the end of the first epoch past this much training; 0 = no limit
+    shards: str  # shard folder of `spix preprocess` (path or URI)
+    out: str  # run folder
+    workers: int  # Ray Train workers, one DDP process each
+    epochs: int  # at most this many epochs
+    max_minutes: float  # stop at the end of the first epoch past this much training; 0 = no limit
+    batch_size: int  # crops per worker per step
+    lr: float  # peak learning rate (AdamW)
+    schedule: str  # "cosine" (down to 2% of lr at the end of the run) or "constant"
+    warmup_steps: int  # linear warm-up from 0 to lr
+    weight_decay: float
+    preset: str  # model widths (trainer.model.PRESETS)
+    loss: str  # "superpixel" or "pixel" (trainer.losses.LOSSES)
+    pixel_samples: int  # pixels sampled per image by the pixel loss
+    min_purity: float  # superpixels below this label purity take no part in the loss
+    crop: int  # side of the square training crop
+    gpu: bool  # one GPU per worker, NCCL
+    amp: bool  # bf16 autocast (GPU only)
+    seed: int  # weights, crops, shuffling, pair sampling
+    shuffle_window: int  # row groups whose images are shuffled together
+    prefetch_batches: int  # ready batches kept ahead of the training step
+    deterministic: bool  # batches in planned order (same seed and workers -> same run)
+    val_max_images: int  # validation images scored after every epoch
+    max_failures: int  # worker losses Ray Train recovers from
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss, self.pixel_samples, self.min_purity)
+
+
+def make_train_config(values: Mapping[str, Any]) -> TrainConfig:
+    """TrainConfig from merged settings whose "gpu" is already decided: "auto" presets pick the GPU or
+    the CPU model, and bf16 autocast only runs on a GPU."""
+    gpu = bool(values["gpu"])
+    preset = values["preset"] if values["preset"] != "auto" else (GPU_PRESET if gpu else CPU_PRESET)
+    return build(TrainConfig, {**values, "gpu": gpu, "amp": bool(values["amp"]) and gpu, "preset": preset})
+
+
+def train_config(**overrides: Any) -> TrainConfig:
+    """The defaults of default.toml's [train] section with `overrides` (for library use and tests);
+    gpu "auto" means: this machine's CUDA."""
+    values = {**defaults("train"), **overrides}
+    if values["gpu"] == "auto":
+        import torch
+
+        values["gpu"] = torch.cuda.is_available()
+    return make_train_config(values)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from spix.pipeline.files import write_text_atomic
 from spix.pipeline.shards import ShardFormatError, list_row_groups, read_manifest
 from spix.trainer.checkpoint import (
     embedding_dim,
@@ -158,7 +159,7 @@ def epoch_metrics(
     )
     loss_sum, pos_sum, neg_sum, steps, images, wait_fraction = summed
     samples = validation_samples(config.shards, config.val_max_images, rank, workers)
-    parts = gather_objects(validate(unwrap(model), samples, device, config.min_purity, seed=config.seed, amp=config.amp))
+    parts = gather_objects(validate(unwrap(model), samples, device, config.min_purity, config.seed, config.amp))
     val_images = sum(p.images for p in parts)
     moments = [p.moments for p in parts if p.moments is not None]
     if moments:
@@ -226,7 +227,7 @@ def keep_metrics_before(path: Path, finished_epochs: int) -> None:
     """After a restore, drop metric lines of epochs that will be trained again (no duplicates)."""
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= finished_epochs]
-        path.write_text("".join(line + "\n" for line in lines))
+        write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

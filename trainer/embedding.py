@@ -35,7 +35,7 @@ def embed_superpixels(
 ) -> np.ndarray:
     """(S, D) float32 mean embedding of every superpixel of one full image (numpy in, numpy out)."""
     device = torch.device(device)
-    images = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.uint8))[None].to(device)
+    images = torch.from_numpy(np.array(rgb, dtype=np.uint8))[None].to(device)  # a copy: decoded images are read-only
     ids = torch.from_numpy(superpixels.astype(np.int64))[None].to(device)
     _, pooled = embed_batch(model, images, ids, int(superpixels.max()) + 1, amp)
     return pooled[0].cpu().numpy()

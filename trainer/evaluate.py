@@ -19,20 +19,20 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from spix.configs import build, defaults
 from spix.pipeline.shards import Sample, iter_samples, read_manifest
+from spix.pipeline.superpixels import paint_superpixels
 from spix.trainer.embedding import embed_superpixels
 from spix.trainer.metrics import (
-    LinearProbe,
     achievable_segmentation_accuracy,
-    baseline_features,
     clustering_ari,
     image_pair_scores,
-    paint_superpixels,
     confusion_matrix,
     pair_scores_auc,
     scores_from_confusion,
 )
 from spix.trainer.model import build_model
+from spix.trainer.probe import LinearProbe
 
 FeatureFn = Callable[[Sample], np.ndarray]
 FEATURE_SETS = ("trained", "untrained", "baseline")
@@ -44,11 +44,18 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class EvalSettings:
-    max_train_images: int = 200  # 0 = every training image
-    max_superpixels_per_image: int = 200  # probe training rows drawn per image
-    min_purity: float = 0.5
-    max_pairs_per_image: int = 2000
-    seed: int = 0
+    """The [eval] section of configs/default.toml (see there), typed."""
+
+    max_train_images: int  # 0 = every training image
+    max_superpixels_per_image: int  # probe training rows drawn per image
+    min_purity: float
+    max_pairs_per_image: int
+    seed: int
+
+
+def eval_settings(**overrides: Any) -> EvalSettings:
+    """The [eval] defaults of configs/default.toml with `overrides`."""
+    return build(EvalSettings, {**defaults("eval"), **overrides})
 
 
 # ----------------------------------------------------------------------------- feature sets
@@ -65,7 +72,10 @@ def network_features(model: nn.Module, device: str | torch.device) -> FeatureFn:
 
 
 def colour_position_features(sample: Sample) -> np.ndarray:
-    return baseline_features(sample.rgb, sample.superpixels, len(sample.sp_area))
+    """The hand-made baseline, S x 5: mean colour (0..1) and centroid (y/H, x/W) of every superpixel, as
+    `spix preprocess` stored them in the shard."""
+    height, width = sample.superpixels.shape
+    return np.hstack([sample.sp_mean_rgb / 255.0, sample.sp_centroid / np.array([height, width], np.float32)]).astype(np.float64)
 
 
 def feature_sets(model: nn.Module, meta: dict[str, Any], device: str | torch.device, seed: int) -> dict[str, FeatureFn]:

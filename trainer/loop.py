@@ -19,17 +19,18 @@ import torch
 from torch import nn
 
 from spix.pipeline.shards import Sample, list_row_groups, read_manifest
-from spix.trainer.config import TrainConfig
 from spix.trainer.data import Batch
 from spix.trainer.embedding import EmbeddingMoments, embed_superpixels
 from spix.trainer.feed import crop_settings, local_batches, training_plan
-from spix.trainer.losses import LossConfig, pixel_npair_loss, superpixel_npair_loss
+from spix.trainer.config import LossConfig, TrainConfig
+from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.metrics import image_pair_scores
 from spix.trainer.model import autocast, build_model, normalize_images
 from spix.trainer.pooling import superpixel_pool
 
 StepFn = Callable[[nn.Module, Batch, torch.optim.Optimizer], torch.Tensor]
 FINAL_LR_FRACTION = 0.02  # where the cosine schedule ends, relative to the peak rate
+TRAINING_PAIRS_PER_IMAGE = 2000  # superpixel pairs per image behind the pair AUC printed after each epoch
 
 
 def compute_loss(model: nn.Module, batch: Batch, loss: LossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
@@ -150,8 +151,8 @@ class ValidationPart:
 
 
 def validate(
-    model: nn.Module, samples: Iterable[Sample], device: torch.device, min_purity: float = 0.5,
-    max_pairs_per_image: int = 2000, seed: int = 0, amp: bool = False,
+    model: nn.Module, samples: Iterable[Sample], device: torch.device, min_purity: float, seed: int, amp: bool,
+    max_pairs_per_image: int = TRAINING_PAIRS_PER_IMAGE,
 ) -> ValidationPart:
     """Superpixel loss and pair scores on full validation images (the shard's own superpixel labels)."""
     loss_sum, images, scores, positives = 0.0, 0, [], []

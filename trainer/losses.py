@@ -8,21 +8,12 @@ unordered pair is counted twice; the means are unaffected and the counts reporte
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 MAX_DISTANCE = 50.0
-LOSSES = ("superpixel", "pixel")
 LOG_2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "superpixel"  # one of LOSSES
-    pixel_samples: int = 1024  # pixels sampled per image by the pixel loss
-    min_purity: float = 0.5  # superpixels below this label purity take no part
 
 
 def pair_losses(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

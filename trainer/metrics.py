@@ -7,19 +7,13 @@ run the model; everything here can be tested on hand-made maps. Label maps follo
 
 from __future__ import annotations
 
-import json
-import zipfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
-from sklearn.preprocessing import StandardScaler
 
-PROBE_FORMAT = "spix-linear-probe-v1"
-
+from spix.pipeline.superpixels import majority_labels, paint_superpixels
 
 # ----------------------------------------------------------------------------- pair AUC
 
@@ -96,43 +90,6 @@ def check_label_maps(superpixels: np.ndarray, labels: np.ndarray) -> tuple[np.nd
     return sp.astype(np.int64), lab.astype(np.int64)
 
 
-def superpixel_majority(
-    superpixels: np.ndarray,
-    labels: np.ndarray,
-    num_labels: int,
-    ignore_label: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Majority label and purity of every superpixel 0..max(superpixels), by one bincount.
-
-    `num_labels` is the number of label values: labels must lie in [0, num_labels). Pixels with
-    `ignore_label` (when given) are not counted, so a superpixel's majority is its most common
-    real label; one with no counted pixel gets `ignore_label` and purity 0. Purity is the share of
-    the counted pixels that carry the majority. Ties go to the smallest label (np.argmax).
-    """
-    sp, lab = check_label_maps(superpixels, labels)
-    if lab.size and (lab.min() < 0 or lab.max() >= num_labels):
-        raise ValueError(f"labels must lie in [0, {num_labels})")
-    num_sp = int(sp.max()) + 1 if sp.size else 0
-    votes = None if ignore_label is None else (lab != ignore_label).ravel().astype(np.float64)
-    counts = np.bincount(sp.ravel() * num_labels + lab.ravel(), weights=votes, minlength=num_sp * num_labels)
-    counts = counts.reshape(num_sp, num_labels)
-    majority = counts.argmax(axis=1)
-    counted = counts.sum(axis=1)
-    purity = np.divide(counts.max(axis=1, initial=0), counted, out=np.zeros(num_sp), where=counted > 0)
-    if ignore_label is not None:
-        majority[counted == 0] = ignore_label
-    return majority, purity
-
-
-def paint_superpixels(superpixels: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per-pixel map of a per-superpixel value (values[superpixels])."""
-    values = np.asarray(values)
-    sp = np.asarray(superpixels)
-    if sp.size and sp.max() >= len(values):
-        raise ValueError(f"superpixel id {int(sp.max())} has no value ({len(values)} given)")
-    return values[sp]
-
-
 def achievable_segmentation_accuracy(
     superpixels: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -147,7 +104,7 @@ def achievable_segmentation_accuracy(
     for sp, lab in zip(superpixels, labels, strict=True):
         lab = np.asarray(lab)
         num_labels = int(lab.max()) + 1 if lab.size else 1
-        majority, _ = superpixel_majority(sp, lab, num_labels, ignore_label)
+        majority, _, _ = majority_labels(np.asarray(sp), lab, num_labels, ignore_label)
         counted = np.ones(lab.shape, bool) if ignore_label is None else lab != ignore_label
         correct += int(np.count_nonzero((paint_superpixels(sp, majority) == lab) & counted))
         total += int(np.count_nonzero(counted))
@@ -155,109 +112,6 @@ def achievable_segmentation_accuracy(
 
 
 # ----------------------------------------------------------------------------- hard labelling
-
-
-class LinearProbe:
-    """Multinomial logistic regression on standardised features, saved without pickle.
-
-    After `fit` the probe is nothing but arrays (scaler mean/scale, coef, intercept, classes), and
-    `predict` is argmax(standardised X @ coef.T + intercept) on them, so a probe loaded from its
-    .npz + .json predicts exactly like the fitted one and loading never runs pickle.
-    """
-
-    def __init__(self, max_iter: int = 1000, C: float = 1.0, class_names: Mapping[int, str] | None = None):
-        self.max_iter = max_iter
-        self.C = C
-        self.class_names = {int(k): str(v) for k, v in (class_names or {}).items()}
-        self.mean_: np.ndarray | None = None
-        self.scale_: np.ndarray | None = None
-        self.coef_: np.ndarray | None = None
-        self.intercept_: np.ndarray | None = None
-        self.classes_: np.ndarray | None = None
-
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> LinearProbe:
-        """Fit scaler and classifier (both weighted by `sample_weight`); needs >= 2 classes in y."""
-        scaler = StandardScaler().fit(X, sample_weight=sample_weight)
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        model.fit(scaler.transform(X), y, sample_weight=sample_weight)
-        self.mean_, self.scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
-        self.coef_, self.intercept_ = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
-        self.classes_ = np.asarray(model.classes_.tolist())  # numbers or str, never object dtype
-        return self
-
-    def decision_scores(self, X: np.ndarray) -> np.ndarray:
-        """N x classes scores; a binary model's single column w.x+b becomes [0, w.x+b]."""
-        if self.coef_ is None:
-            raise RuntimeError("LinearProbe is not fitted")
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.coef_.shape[1]:
-            raise ValueError(f"expected features of shape (N, {self.coef_.shape[1]}), got {X.shape}")
-        scores = ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
-        if scores.shape[1] == 1:
-            scores = np.hstack([np.zeros_like(scores), scores])
-        return scores
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.decision_scores(X).argmax(axis=1)]
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable description (parameters, classes, names); the arrays go to the .npz."""
-        return {
-            "format": PROBE_FORMAT,
-            "max_iter": self.max_iter,
-            "C": self.C,
-            "classes": None if self.classes_ is None else self.classes_.tolist(),
-            "class_names": {str(k): v for k, v in self.class_names.items()},
-        }
-
-    def save(self, path: str | Path) -> None:
-        """Write `path` (.npz of numeric arrays) and its sidecar `path` with suffix .json."""
-        if self.coef_ is None:
-            raise RuntimeError("LinearProbe is not fitted")
-        path = Path(path)
-        if path.suffix == ".json":
-            raise ValueError(f"{path}: the arrays file would overwrite its own .json sidecar")
-        with open(path, "wb") as f:  # a file object keeps np.savez from appending ".npz"
-            np.savez(f, coef=self.coef_, intercept=self.intercept_, classes=self.classes_,
-                     mean=self.mean_, scale=self.scale_)
-        path.with_suffix(".json").write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> LinearProbe:
-        """Read a probe written by `save`, with np.load(allow_pickle=False); ValueError if broken."""
-        path = Path(path)
-        try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            if meta.get("format") != PROBE_FORMAT:
-                raise ValueError(f"not a {PROBE_FORMAT} sidecar")
-            probe = cls(max_iter=int(meta["max_iter"]), C=float(meta["C"]),
-                        class_names={int(k): v for k, v in meta["class_names"].items()})
-            with np.load(path, allow_pickle=False) as arrays:
-                coef, intercept, classes, mean, scale = (
-                    arrays[name] for name in ("coef", "intercept", "classes", "mean", "scale")
-                )
-        except (OSError, KeyError, TypeError, AttributeError, ValueError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path} is not a readable linear probe: {error}") from error
-        check_probe_arrays(coef, intercept, classes, mean, scale)
-        probe.coef_, probe.intercept_, probe.classes_ = coef.astype(np.float64), intercept.astype(np.float64), classes
-        probe.mean_, probe.scale_ = mean.astype(np.float64), scale.astype(np.float64)
-        return probe
-
-
-def check_probe_arrays(
-    coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, mean: np.ndarray, scale: np.ndarray
-) -> None:
-    """Raise ValueError unless the loaded arrays fit together as one linear probe."""
-    if classes.ndim != 1 or len(classes) < 2 or coef.ndim != 2:
-        raise ValueError("linear probe arrays are inconsistent (classes or coef shape)")
-    rows = 1 if len(classes) == 2 else len(classes)  # sklearn keeps one row for a binary model
-    dims = coef.shape[1]
-    if (
-        coef.shape[0] != rows or intercept.shape != (rows,) or mean.shape != (dims,) or scale.shape != (dims,)
-        or not all(np.issubdtype(a.dtype, np.number) for a in (coef, intercept, mean, scale))
-        or not (np.all(np.isfinite(coef)) and np.all(np.isfinite(mean)) and np.all(scale > 0))
-    ):
-        raise ValueError("linear probe arrays are inconsistent (shapes, dtypes or non-finite values)")
 
 
 def segmentation_scores(
@@ -333,7 +187,7 @@ def clustering_ari(
     sp, lab = check_label_maps(superpixels, gt)
     embeddings = np.asarray(embeddings, dtype=np.float64)
     counted = lab != ignore_label
-    majority, _ = superpixel_majority(sp, lab, int(lab.max()) + 1, ignore_label=ignore_label)
+    majority, _, _ = majority_labels(sp, lab, int(lab.max()) + 1, ignore_label)
     labelled = np.zeros(len(embeddings), dtype=bool)
     labelled[: len(majority)] = majority != ignore_label
     k = min(len(np.unique(lab[counted])), int(labelled.sum()))
@@ -342,26 +196,3 @@ def clustering_ari(
     kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(embeddings[labelled])
     clusters = kmeans.predict(embeddings)
     return float(adjusted_rand_score(lab[counted], paint_superpixels(sp, clusters)[counted]))
-
-
-# ----------------------------------------------------------------------------- baseline features
-
-
-def baseline_features(rgb: np.ndarray, superpixels: np.ndarray, num_superpixels: int) -> np.ndarray:
-    """The hand-made baseline: per superpixel mean colour (0..1) and centroid (y/H, x/W).
-
-    S x 5 float64, columns r, g, b, y, x. A superpixel id without pixels gets zeros.
-    """
-    rgb = np.asarray(rgb)
-    sp = np.asarray(superpixels, dtype=np.int64)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != sp.shape:
-        raise ValueError(f"expected an H x W x 3 image matching the {sp.shape} superpixel map, got {rgb.shape}")
-    if sp.size and (sp.min() < 0 or sp.max() >= num_superpixels):
-        raise ValueError(f"superpixel ids must lie in [0, {num_superpixels})")
-    height, width = sp.shape
-    ys, xs = np.indices(sp.shape)
-    columns = [rgb[..., c] / 255.0 for c in range(3)] + [ys / height, xs / width]
-    flat = sp.ravel()
-    area = np.bincount(flat, minlength=num_superpixels)
-    sums = np.stack([np.bincount(flat, weights=col.ravel(), minlength=num_superpixels) for col in columns], axis=1)
-    return sums / np.maximum(area, 1)[:, None]

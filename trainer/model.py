@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRESETS: dict[str, tuple[int, int, int]] = {"paper": (64, 128, 256), "tiny": (8, 16, 32)}
+from spix.trainer.config import PRESETS
 
 # ImageNet statistics: the usual input scaling for a CNN trained on natural images.
 IMAGE_MEAN = (0.485, 0.456, 0.406)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from spix.pipeline.files import write_text_atomic
 from spix.trainer.evaluate import FEATURE_SETS
 
 METRICS_FILE = "metrics.json"
@@ -163,6 +164,8 @@ def plot_training_curves(plt: Any, records: list[dict[str, Any]], path: Path) ->
     panels = [(title, lines) for title, lines in panels if any(xs for _, (xs, _) in lines)]
     if not panels:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for axis, (title, lines) in zip(axes[0], panels):
         for key, (xs, ys) in lines:
@@ -170,6 +173,7 @@ def plot_training_curves(plt: Any, records: list[dict[str, Any]], path: Path) ->
                 axis.plot(xs, ys, marker="o", label=key)
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, counted from 1
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -225,7 +229,7 @@ def write_report(out: Path, results: dict[str, Any], context: dict[str, Any], tr
     """metrics.json, the pictures and report.md in `out` (created); returns the metrics document."""
     out.mkdir(parents=True, exist_ok=True)
     document = metrics_document(results, context)
-    (out / METRICS_FILE).write_text(json.dumps(document, indent=1))
+    write_text_atomic(out / METRICS_FILE, json.dumps(document, indent=1))
     pictures, notes = draw_pictures(document, training_log, out)
-    (out / REPORT_FILE).write_text(report_markdown(document, pictures, notes))
+    write_text_atomic(out / REPORT_FILE, report_markdown(document, pictures, notes))
     return document

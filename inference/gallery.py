@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
-from spix.pipeline.postprocess import label_palette
+from spix.inference.pictures import label_palette
 
-COLUMNS = {  # output kind -> column title, in page order
-    "input": "input (as processed)",
+COLUMNS = {  # output file key (outputs.FILES) -> column title, in page order
+    "inputs": "input (as processed)",
     "features": "dominant features",
     "soft": "soft segmentation",
     "labels": "labels",
@@ -36,7 +36,7 @@ td.name { max-width: 14em; word-break: break-all; font-size: 90%; }
 class GalleryEntry:
     relpath: str  # of the input, relative to the input folder
     original: Path  # the input file itself
-    files: dict[str, Path]  # output kind -> file (see infer.output_files)
+    files: dict[str, Path]  # output file key -> file (see outputs.output_files)
 
 
 def link(target: Path, out: Path) -> str:
@@ -54,15 +54,16 @@ def entry_row(entry: GalleryEntry, out: Path, kinds: list[str]) -> str:
 
 
 def gallery_html(out: Path, entries: list[GalleryEntry], errors: list[dict[str, str]], legend: Path | None = None) -> str:
-    """The whole page: a table of the processed images, the label legend when there is one, this run's errors."""
-    kinds = [k for k in COLUMNS if k != "labels" or legend is not None]
+    """The whole page: a table of the processed images (a column per kind of picture written), the label legend
+    when there is one, and the inputs that have no outputs."""
+    kinds = [k for k in COLUMNS if any(k in e.files for e in entries)]
     header = "<tr><th>file</th>" + "".join(f"<th>{COLUMNS[k]}</th>" for k in kinds) + "</tr>"
     parts = [
         "<!doctype html>",
         '<html><head><meta charset="utf-8"><title>spix infer</title>',
         f"<style>{STYLE}</style></head><body>",
         "<h1>spix infer</h1>",
-        f'<p>{len(entries)} images, {len(errors)} not processed in the last run '
+        f'<p>{len(entries)} images, {len(errors)} not processed '
         f'(<a href="errors.jsonl">errors.jsonl</a>); parameters and timings in <a href="infer.json">infer.json</a>.</p>',
     ]
     if legend is not None:

@@ -1,0 +1,153 @@
+"""The files `spix infer` writes for each image: their names, encoding, atomic writing, and reading them back.
+
+Everything here runs in the CPU tasks at the end of the pipeline (or in a test): arrays in, files out. Each
+file goes through a temporary name and a rename, so a reader (or a re-run) never sees a partial file; an
+image is done when every file of the kinds asked for exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, PngImagePlugin
+
+from spix.inference.pictures import label_palette
+from spix.pipeline.files import write_atomic
+from spix.pipeline.superpixels import paint_superpixels
+
+MAX_NAME_BYTES = 200  # output names stay well below the usual 255-byte file name limit
+# kind of output -> its files: (key, folder, suffix). "soft" is the colour composite and the stacked layers.
+FILES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "embeddings": (("embeddings", "embeddings", ".parquet"),),
+    "features": (("features", "features", ".png"),),
+    "soft": (("soft", "soft", ".png"), ("layers", "layers", ".png")),
+    "inputs": (("inputs", "inputs", ".jpg"),),
+    "dense": (("dense", "dense", ".npy"),),
+    "labels": (("labels", "labels", ".png"),),
+}
+# zlib level 1 with the run-length strategy: within ~10% of level 6's size on these smooth pictures, at
+# the speed of level 1 (measured in benchmarks/infer.py's notes in docs/inference.md).
+PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}
+LAYERS_KEY = "spix:soft_layers"  # PNG text chunk of the stacked layers: K
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def with_digest(name: str, relpath: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """`name` with a short hash of `relpath` before its extension, the stem shortened to fit `max_bytes`."""
+    stem, ext = os.path.splitext(name)
+    tag = "~" + hashlib.sha1(relpath.encode()).hexdigest()[:10] + ext
+    room = max_bytes - len(tag.encode())
+    return stem.encode()[:room].decode(errors="ignore") + tag
+
+
+def output_names(relpaths: list[str]) -> dict[str, str]:
+    """A unique, flat file name per input: the relative path with '/' -> '__', extension kept.
+
+    Names that would clash (a/b.jpg vs a__b.jpg) or run too long get a hash of their path; the top-level file
+    of a clash keeps the plain name. Names never contain '/', so outputs stay inside OUT.
+    """
+    flat = {r: r.replace("/", "__") for r in relpaths}
+    counts = Counter(flat.values())
+    names = {}
+    for relpath, name in flat.items():
+        clash = counts[name] > 1 and "/" in relpath
+        names[relpath] = with_digest(name, relpath) if clash or len(name.encode()) > MAX_NAME_BYTES else name
+    return names
+
+
+def output_files(out: Path, name: str, kinds: tuple[str, ...]) -> dict[str, Path]:
+    """Every file written for one input, by key (see FILES), for the kinds of output asked for."""
+    return {key: out / folder / f"{name}{suffix}" for kind in kinds for key, folder, suffix in FILES[kind]}
+
+
+def is_done(out: Path, name: str, kinds: tuple[str, ...]) -> bool:
+    return all(path.is_file() for path in output_files(out, name, kinds).values())
+
+
+def write_png(path: Path, image: Image.Image, info: PngImagePlugin.PngInfo | None = None) -> None:
+    write_atomic(path, lambda handle: image.save(handle, format="PNG", pnginfo=info, **PNG_OPTIONS))
+
+
+# ----------------------------------------------------------------------------- encoding one image's files
+
+
+def label_map_image(superpixels: np.ndarray, superpixel_classes: np.ndarray) -> Image.Image:
+    """A palette PNG: pixel values are class ids (read back with numpy), the palette shows them in colour."""
+    image = Image.fromarray(paint_superpixels(superpixels, np.asarray(superpixel_classes, np.uint8)))
+    image.putpalette(label_palette().ravel().tolist())  # turns the L image into a P image
+    return image
+
+
+def stacked_layers_image(layers: np.ndarray) -> tuple[Image.Image, PngImagePlugin.PngInfo]:
+    """(K, H, W) uint8 layers -> one grayscale (K*H, W) image, K recorded in a text chunk."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(LAYERS_KEY, str(layers.shape[0]))
+    return Image.fromarray(np.ascontiguousarray(layers).reshape(-1, layers.shape[2])), info
+
+
+def embeddings_table(relpath: str, superpixels: np.ndarray, embeddings: np.ndarray, orig_size: tuple[int, int]) -> pa.Table:
+    """One row: path, sizes, superpixel map (uint16) and S x D float16 embeddings (raw little-endian bytes)."""
+    height, width = superpixels.shape
+    return pa.table({
+        "relative_path": [relpath],
+        "height": pa.array([height], pa.int32()),
+        "width": pa.array([width], pa.int32()),
+        "orig_height": pa.array([orig_size[0]], pa.int32()),
+        "orig_width": pa.array([orig_size[1]], pa.int32()),
+        "num_superpixels": pa.array([embeddings.shape[0]], pa.int32()),
+        "dim": pa.array([embeddings.shape[1]], pa.int32()),
+        "superpixels": pa.array([superpixels.astype("<u2").tobytes()], pa.binary()),
+        "embeddings": pa.array([embeddings.astype("<f2").tobytes()], pa.binary()),
+    })
+
+
+def write_image_files(out: Path, name: str, kinds: tuple[str, ...], row: dict[str, Any]) -> None:
+    """Encode and write one image's files of the given kinds from its arrays (a row of the model stage).
+
+    The row holds: relpath, orig_height, orig_width, superpixels (H, W) uint16, embeddings (S, D) float32,
+    and per kind rgb (inputs), features (features), composite and layers (soft), dense, classes (labels).
+    """
+    files = output_files(out, name, kinds)
+    superpixels = row["superpixels"]
+    if "embeddings" in kinds:
+        table = embeddings_table(row["relpath"], superpixels, row["embeddings"], (row["orig_height"], row["orig_width"]))
+        write_atomic(files["embeddings"], lambda handle: pq.write_table(table, handle, compression="zstd"))
+    if "features" in kinds:
+        write_png(files["features"], Image.fromarray(row["features"]))
+    if "soft" in kinds:
+        write_png(files["soft"], Image.fromarray(row["composite"]))
+        write_png(files["layers"], *stacked_layers_image(row["layers"]))
+    if "inputs" in kinds:
+        write_atomic(files["inputs"], lambda handle: Image.fromarray(row["rgb"]).save(handle, format="JPEG", quality=90))
+    if "dense" in kinds:
+        write_atomic(files["dense"], lambda handle: np.save(handle, row["dense"]))
+    if "labels" in kinds:
+        write_png(files["labels"], label_map_image(superpixels, row["classes"]))
+
+
+# ----------------------------------------------------------------------------- reading back
+
+
+def read_embeddings(path: Path) -> dict[str, Any]:
+    """One OUT/embeddings/*.parquet row back as arrays: superpixels (H, W) uint16, embeddings (S, D) float16."""
+    row = pq.read_table(path).to_pylist()[0]
+    row["superpixels"] = np.frombuffer(row["superpixels"], "<u2").reshape(row["height"], row["width"])
+    row["embeddings"] = np.frombuffer(row["embeddings"], "<f2").reshape(row["num_superpixels"], row["dim"])
+    return row
+
+
+def read_soft_layers(path: Path) -> np.ndarray:
+    """OUT/layers/<name>.png back as (K, H, W) float32 layers in [0, 1] that sum to 1 at every pixel."""
+    with Image.open(path) as image:
+        k = int(image.text[LAYERS_KEY])
+        stacked = np.asarray(image)
+    return stacked.reshape(k, -1, stacked.shape[1]).astype(np.float32) / 255.0
