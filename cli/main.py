@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from spix import __version__
-from spix.cli import download, evaluate, export, infer, preprocess, toydata, train
+from spix.cli import download, evaluate, export, infer, preprocess, search, toydata, train
 from spix.cli.ui import Command
+from spix.pipeline.quiet import VERBOSE_ENV
 
 app = typer.Typer(
     help="spix: semantic per-pixel embeddings trained on SLIC superpixels (ADE20K, Ray, PyTorch).",
@@ -28,8 +30,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show every line Ray prints (by default two known-harmless ones are hidden)."),
 ) -> None:
-    """Stages: make-toy-data -> preprocess -> train -> eval / infer / export."""
+    """Stages: make-toy-data -> preprocess -> train -> eval / infer / export / search."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 app.command("make-toy-data", cls=Command)(toydata.make_toy_data)
@@ -39,6 +44,7 @@ app.command("train", cls=Command)(train.train)
 app.command("infer", cls=Command)(infer.infer)
 app.command("eval", cls=Command)(evaluate.evaluate)
 app.command("export", cls=Command)(export.export)
+app.command("search", cls=Command)(search.search)
 
 
 def run() -> None:

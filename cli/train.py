@@ -57,10 +57,12 @@ def train(
     if s["gpu"] == "auto":
         s["gpu"] = gpu_available(s["address"])
     config_values = make_train_config(s)
+    from spix.pipeline.quiet import ray_quieted
     from spix.trainer.distributed import TrainingInputError, read_metrics, run_training
 
     try:
-        run_dir = run_training(config_values, address=s["address"], resume=resume, on_epoch=print_epoch)
+        with ray_quieted():
+            run_dir = run_training(config_values, address=s["address"], resume=resume, on_epoch=print_epoch)
     except TrainingInputError as exc:
         fail(str(exc))
     except RuntimeError as exc:  # the workers' error snippet, after Ray Train's retries ran out

@@ -7,7 +7,9 @@ image is done when every file of the kinds asked for exists.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -18,14 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 
-from spix.inference.pictures import label_palette
-from spix.pipeline.files import write_atomic
+from spix.pipeline.files import write_atomic, write_text_atomic
 from spix.pipeline.superpixels import paint_superpixels
 
 MAX_NAME_BYTES = 200  # output names stay well below the usual 255-byte file name limit
 # kind of output -> its files: (key, folder, suffix). "soft" is the colour composite and the stacked layers.
 FILES: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "embeddings": (("embeddings", "embeddings", ".parquet"),),
+    "embeddings": (("embeddings", "embeddings", ".parquet"), ("search", "search", ".js")),
     "features": (("features", "features", ".png"),),
     "soft": (("soft", "soft", ".png"), ("layers", "layers", ".png")),
     "inputs": (("inputs", "inputs", ".jpg"),),
@@ -36,6 +37,7 @@ FILES: dict[str, tuple[tuple[str, str, str], ...]] = {
 # the speed of level 1 (measured in benchmarks/infer.py's notes in docs/inference.md).
 PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}
 LAYERS_KEY = "spix:soft_layers"  # PNG text chunk of the stacked layers: K
+SEARCH_MAP_SIDE = 256  # longest side of the superpixel map in OUT/search/<name>.js (beyond what the page shows)
 
 
 # ----------------------------------------------------------------------------- names
@@ -82,6 +84,8 @@ def write_png(path: Path, image: Image.Image, info: PngImagePlugin.PngInfo | Non
 
 def label_map_image(superpixels: np.ndarray, superpixel_classes: np.ndarray) -> Image.Image:
     """A palette PNG: pixel values are class ids (read back with numpy), the palette shows them in colour."""
+    from spix.inference.pictures import label_palette  # imports torch, which the readers below (spix search) need not
+
     image = Image.fromarray(paint_superpixels(superpixels, np.asarray(superpixel_classes, np.uint8)))
     image.putpalette(label_palette().ravel().tolist())  # turns the L image into a P image
     return image
@@ -110,6 +114,55 @@ def embeddings_table(relpath: str, superpixels: np.ndarray, embeddings: np.ndarr
     })
 
 
+def superpixel_centroids(superpixels: np.ndarray, count: int) -> np.ndarray:
+    """(count, 2) float32 mean pixel position (y, x) of every superpixel id; NaN for an id without pixels."""
+    height, width = superpixels.shape
+    ids = superpixels.ravel().astype(np.intp)
+    area = np.bincount(ids, minlength=count)
+    sums = [np.bincount(ids, np.repeat(np.arange(height, dtype=np.float64), width), count),
+            np.bincount(ids, np.tile(np.arange(width, dtype=np.float64), height), count)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.stack(sums, axis=1) / area[:, None]).astype(np.float32)
+
+
+def quantise_rows(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and a float32 step per row, row ~ codes * step: step = max |row| / 127, so every value is off by
+    at most step / 2. A step per superpixel keeps small embeddings as precise as large ones."""
+    values = embeddings.astype(np.float32)
+    step = np.abs(values).max(axis=1) / 127
+    codes = np.rint(values / np.where(step > 0, step, 1)[:, None])
+    return np.clip(codes, -127, 127).astype(np.int8), step.astype(np.float32)
+
+
+def encoded(array: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+
+def search_script(name: str, relpath: str, superpixels: np.ndarray, embeddings: np.ndarray) -> str:
+    """OUT/search/<name>.js: what the gallery's region search needs of one image, as one call of
+    `spixSearch.add({...})` (a script, because browsers refuse fetch() of file:// URLs).
+
+    The embeddings as int8 codes with a step per superpixel (quantise_rows: a quarter of the float32 size), the
+    centroids, and the superpixel map sampled every `stride` pixels (longest side <= SEARCH_MAP_SIDE, so cell
+    (i, j) is pixel (i * stride, j * stride)) and run-length coded along its rows: about 100 KB for 500
+    superpixels of 128 dimensions. Arrays are little-endian, base64.
+    """
+    height, width = superpixels.shape
+    stride = max(1, -(-max(height, width) // SEARCH_MAP_SIDE))
+    sampled = superpixels[::stride, ::stride]
+    flat = sampled.ravel()
+    starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]])) if flat.size else np.zeros(0, np.intp)
+    codes, step = quantise_rows(embeddings.astype(np.float16))  # the values the Parquet file holds and `spix search` ranks
+    record = {
+        "name": name, "relpath": relpath, "height": height, "width": width, "count": len(embeddings),
+        "dim": embeddings.shape[1], "stride": stride, "map_height": sampled.shape[0], "map_width": sampled.shape[1],
+        "step": encoded(step, "<f4"), "codes": encoded(codes, "i1"),
+        "centroid": encoded(superpixel_centroids(superpixels, len(embeddings)), "<f4"),
+        "run_starts": encoded(starts, "<u4"), "run_ids": encoded(flat[starts], "<u2"),
+    }
+    return f"spixSearch.add({json.dumps(record)});\n"
+
+
 def write_image_files(out: Path, name: str, kinds: tuple[str, ...], row: dict[str, Any]) -> None:
     """Encode and write one image's files of the given kinds from its arrays (a row of the model stage).
 
@@ -121,6 +174,7 @@ def write_image_files(out: Path, name: str, kinds: tuple[str, ...], row: dict[st
     if "embeddings" in kinds:
         table = embeddings_table(row["relpath"], superpixels, row["embeddings"], (row["orig_height"], row["orig_width"]))
         write_atomic(files["embeddings"], lambda handle: pq.write_table(table, handle, compression="zstd"))
+        write_text_atomic(files["search"], search_script(name, row["relpath"], superpixels, row["embeddings"]))
     if "features" in kinds:
         write_png(files["features"], Image.fromarray(row["features"]))
     if "soft" in kinds:

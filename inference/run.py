@@ -19,21 +19,20 @@ from typing import Any, Callable
 import numpy as np
 
 from spix.inference.basis import FeatureBasis
-from spix.inference.gallery import GalleryEntry, gallery_html, legend_picture
+from spix.inference.gallery import GalleryEntry, legend_picture, write_gallery
 from spix.inference.inputs import file_stamp, list_inputs
 from spix.inference.job import STAGE_TIMES, embed_rows, run_job
 from spix.inference.outputs import is_done, output_files, output_names, write_png
-from spix.inference.quiet import native_stderr_filtered
 from spix.inference.settings import InferInputError, InferOptions, InferParams
 from spix.inference.step import step_config
 from spix.pipeline.dataset import IMAGE_EXTENSIONS
 from spix.pipeline.files import remove_partial_files, write_text_atomic
+from spix.pipeline.quiet import ray_quieted
 from spix.trainer.embedding import EmbeddingMoments
 from spix.trainer.probe import LinearProbe
 
 RUN_RECORD = "infer.json"
 ERRORS_FILE = "errors.jsonl"
-GALLERY = "index.html"
 LEGEND = "labels/legend.png"
 LOST = "lost: the worker processing it crashed (see the Ray logs)"
 
@@ -220,7 +219,7 @@ def process(
     summary.ray_started, summary.ray_start_s = True, time.perf_counter() - ray_start
     items = {r: {"relpath": r, "name": plan.names[r], "path": str(folder / r)} for r in plan.relpaths}
     todo = plan.todo
-    with native_stderr_filtered():
+    with ray_quieted():
         if basis is None and "features" in plan.kinds and params.pca == "run":
             basis_start = time.perf_counter()
             basis, seen = fit_basis([items[r] for r in plan.relpaths if r not in plan.broken], params, options, meta["dim"])
@@ -260,9 +259,9 @@ def run_infer(
     if probe is not None:
         write_png(out / LEGEND, legend_picture(class_names or {int(c): f"class {c}" for c in probe.classes_}))
     write_record(out, params, options, basis, summary)
-    entries = [GalleryEntry(r, folder / r, output_files(out, plan.names[r], plan.kinds))
+    entries = [GalleryEntry(r, plan.names[r], folder / r, output_files(out, plan.names[r], plan.kinds))
                for r in plan.relpaths if is_done(out, plan.names[r], plan.kinds)]
-    write_text_atomic(out / GALLERY, gallery_html(out, entries, errors, out / LEGEND if probe is not None else None))
+    write_gallery(out, folder, entries, errors, out / LEGEND if probe is not None else None, params.soft_layers)
     return summary
 
 

@@ -146,6 +146,7 @@ def test_rebatch_cuts_chunks_of_any_length_into_batches_in_order() -> None:
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
+@pytest.mark.slow
 def test_crop_tasks_crop_the_planned_rows_in_order(toy_shards) -> None:
     config = train_config(shards=str(toy_shards), out="", crop=32, batch_size=3, workers=1, shuffle_window=2, seed=4)
     groups = list_row_groups(str(toy_shards), "training")

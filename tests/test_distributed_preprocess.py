@@ -6,11 +6,13 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from helpers import run_spix
 from spix.pipeline.shards import iter_samples, read_manifest
 
 
+@pytest.mark.slow
 def test_preprocess_runs_on_both_nodes(two_node_cluster, toy_root: Path, toy_shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
     result = run_spix("preprocess", "--data-root", str(toy_root), "--out", str(out), "--num-superpixels", "150",
@@ -45,6 +47,7 @@ class Slic:
 '''
 
 
+@pytest.mark.slow
 def test_a_slic_crash_costs_one_image_not_the_run(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -306,6 +306,7 @@ def evaluated(trained_run: Path, toy_shards: Path) -> tuple[Path, str]:
     return trained_run / "eval", result.stdout
 
 
+@pytest.mark.slow
 def test_eval_writes_parseable_report_files_and_a_classifier_for_infer(evaluated, toy_shards):
     out, stdout = evaluated
     metrics = strict_json(out / "metrics.json")
@@ -323,6 +324,7 @@ def test_eval_writes_parseable_report_files_and_a_classifier_for_infer(evaluated
     assert probe.class_names == {c: name for c, name in enumerate(names, start=1)}
 
 
+@pytest.mark.slow
 def test_eval_figures_match_an_independent_computation(evaluated, trained_run, toy_shards):
     """ASA from the shards directly, and the saved classifier on the trained embeddings reproducing
     the reported hard-labelling scores (so it is the trained network's classifier)."""
@@ -342,6 +344,7 @@ def test_eval_figures_match_an_independent_computation(evaluated, trained_run, t
     assert metrics["feature_sets"]["trained"]["miou"] == pytest.approx(expected["miou"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_trained_model_beats_the_untrained_network_and_the_colour_baseline(evaluated):
     out, _ = evaluated
     sets = strict_json(out / "metrics.json")["feature_sets"]
@@ -355,6 +358,7 @@ def test_trained_model_beats_the_untrained_network_and_the_colour_baseline(evalu
     assert trained["miou"] > baseline["miou"] + 0.035
 
 
+@pytest.mark.slow
 def test_eval_fails_with_one_line_for_a_missing_or_broken_checkpoint(toy_shards, tmp_path):
     missing = run_spix("eval", "--shards", str(toy_shards), cwd=tmp_path)  # no runs/ here
     assert missing.returncode == 1

@@ -112,6 +112,7 @@ def test_traceable_pooling_equals_superpixel_pool_and_bincount() -> None:
 # ------------------------------------------------------------------------------------------ ONNX files
 
 
+@pytest.mark.slow
 def test_dense_export_prints_its_check_and_leaves_one_file(dense_onnx: tuple[Path, Result]) -> None:
     out, result = dense_onnx
     assert result.exit_code == 0, result.output
@@ -122,6 +123,7 @@ def test_dense_export_prints_its_check_and_leaves_one_file(dense_onnx: tuple[Pat
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"], "no partial file left behind"
 
 
+@pytest.mark.slow
 def test_dense_onnx_has_dynamic_axes_and_matches_pytorch_at_odd_sizes(dense_onnx: tuple[Path, Result], model: torch.nn.Module) -> None:
     out, _ = dense_onnx
     graph = onnx.load(str(out)).graph
@@ -138,6 +140,7 @@ def test_dense_onnx_has_dynamic_axes_and_matches_pytorch_at_odd_sizes(dense_onnx
         assert np.abs(embeddings - expected).max() < CLOSE, shape
 
 
+@pytest.mark.slow
 def test_pooled_onnx_matches_superpixel_pool_and_pixel_counts(pooled_onnx: Path, model: torch.nn.Module) -> None:
     graph = onnx.load(str(pooled_onnx)).graph
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.output}
@@ -161,6 +164,7 @@ def test_pooled_onnx_matches_superpixel_pool_and_pixel_counts(pooled_onnx: Path,
             np.testing.assert_array_equal(counts > 0, mask.numpy())
 
 
+@pytest.mark.slow
 def test_export_that_does_not_match_pytorch_is_deleted(
     run_dir: Path, dense_onnx: tuple[Path, Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,6 +187,7 @@ def test_export_that_does_not_match_pytorch_is_deleted(
 # ------------------------------------------------------------------------------------------ torch.export
 
 
+@pytest.mark.slow
 def test_torch_format_pooled_program_matches_pytorch(run_dir: Path, model: torch.nn.Module, tmp_path: Path) -> None:
     out = tmp_path / "model.pt2"
     result = spix_export(run_dir, "--out", out, "--format", "torch", "--pool")

@@ -8,8 +8,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from urllib.parse import unquote
@@ -100,6 +98,7 @@ def some_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, [compute_superpixels(rgb, 30, 10.0) for rgb in images]
 
 
+@pytest.mark.slow
 def test_the_step_gives_each_image_what_it_gives_the_image_alone() -> None:
     """Images of two sizes in one call, stacked or not: each result equals the one-image call, and the
     embeddings equal the trainer's own single-image path."""
@@ -141,23 +140,6 @@ def test_the_step_needs_a_basis_for_run_wide_pictures_and_fits_its_own_per_image
         InferenceStep(model, torch.device("cpu"), step_config(("features",)))
     per_image = InferenceStep(model, torch.device("cpu"), step_config(("features",), pca="image"))
     assert all(r.features.std() > 0 for r in per_image(images, maps))
-
-
-QUIET_PROBE = """
-import os, sys
-from spix.inference.quiet import native_stderr_filtered
-with native_stderr_filtered():
-    os.write(2, b"[2026 E 1 1] core_worker.cc:2465: Actor with class name: 'MapWorker(MapBatches(ModelStage))' and ID: 'ab' has constructor arguments in the object store and max_restarts > 0. If ...\\n")
-    os.write(2, b"a real native error\\n")
-    print("python stderr", file=sys.stderr)
-print("after", file=sys.stderr)
-"""
-
-
-def test_only_rays_spurious_actor_notice_is_dropped_from_stderr() -> None:
-    result = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert sorted(result.stderr.splitlines()) == ["a real native error", "after", "python stderr"]
 
 
 # ----------------------------------------------------------------------------- one real run, shared
@@ -261,6 +243,7 @@ def infer_run(trained_run: Path, toy_root: Path, tmp_path_factory: pytest.TempPa
             "run": trained_run, "record": json.loads((out / "infer.json").read_text())}
 
 
+@pytest.mark.slow
 def test_summary_counts_every_input_and_ray_says_nothing(infer_run: dict) -> None:
     result = infer_run["result"]
     good, bad = infer_run["good"], infer_run["bad"]
@@ -273,6 +256,7 @@ def test_summary_counts_every_input_and_ray_says_nothing(infer_run: dict) -> Non
     assert all(stages[name] > 0 for name in ("decode_s", "slic_s", "forward_s", "post_s", "write_s")), stages
 
 
+@pytest.mark.slow
 def test_broken_inputs_are_one_line_each_in_errors_jsonl(infer_run: dict) -> None:
     lines = (infer_run["out"] / "errors.jsonl").read_text().splitlines()
     errors = {e["path"]: e for e in map(json.loads, lines)}
@@ -281,6 +265,7 @@ def test_broken_inputs_are_one_line_each_in_errors_jsonl(infer_run: dict) -> Non
         assert errors[path]["status"] == "skipped" and word in errors[path]["reason"], errors[path]
 
 
+@pytest.mark.slow
 def test_every_good_input_has_its_pictures_and_layers_that_sum_to_one(infer_run: dict) -> None:
     out, names = infer_run["out"], infer_run["names"]
     for relpath, (height, width) in infer_run["good"].items():
@@ -296,6 +281,7 @@ def test_every_good_input_has_its_pictures_and_layers_that_sum_to_one(infer_run:
             assert np.asarray(Image.open(files["features"])).std(axis=(0, 1)).max() > 5, "feature picture is flat"
 
 
+@pytest.mark.slow
 def test_exif_orientation_is_honoured(infer_run: dict) -> None:
     _, upright = exif_rotated_jpeg()
     files = output_files(infer_run["out"], infer_run["names"]["odd/rotated.jpg"], ("inputs",))
@@ -304,6 +290,7 @@ def test_exif_orientation_is_honoured(infer_run: dict) -> None:
     assert np.abs(processed - upright).mean() < 10, "the image was not turned upright"
 
 
+@pytest.mark.slow
 def test_embeddings_dense_and_labels_match_an_in_process_recomputation(infer_run: dict) -> None:
     """Parquet rows hold the SLIC map and the trainer's own superpixel embeddings (float16); dense means agree."""
     model, meta = load_model(infer_run["run"], "cpu")
@@ -329,6 +316,7 @@ def test_embeddings_dense_and_labels_match_an_in_process_recomputation(infer_run
     assert (infer_run["out"] / "labels" / "legend.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_run_wide_basis_is_fitted_on_the_first_usable_images_and_used_for_every_picture(infer_run: dict) -> None:
     """The model brings no basis: the run records one fitted on the first 8 usable images of the folder (in
     listing order); it equals the principal axes of those images' area-weighted superpixel embeddings, read back
@@ -355,6 +343,7 @@ def test_the_run_wide_basis_is_fitted_on_the_first_usable_images_and_used_for_ev
     assert (np.abs(picture.astype(int) - written.astype(int)) <= 1).mean() > 0.999
 
 
+@pytest.mark.slow
 def test_soft_layers_agree_with_the_ground_truth_well_above_chance(infer_run: dict, toy_root: Path) -> None:
     aris, shuffled = [], []
     rng = np.random.default_rng(0)
@@ -385,6 +374,7 @@ class LinkParser(html.parser.HTMLParser):
         self.links += [value for name, value in attrs if name in ("href", "src") and value]
 
 
+@pytest.mark.slow
 def test_gallery_links_point_at_files_that_exist(infer_run: dict) -> None:
     out = infer_run["out"]
     page = (out / "index.html").read_text()
@@ -399,6 +389,7 @@ def test_gallery_links_point_at_files_that_exist(infer_run: dict) -> None:
     assert all(path in page for path in infer_run["bad"]), "the skipped files are listed"
 
 
+@pytest.mark.slow
 def test_rerun_redoes_missing_outputs_only_and_a_rerun_with_nothing_to_do_starts_nothing(infer_run: dict, trained_run: Path) -> None:
     out, names = infer_run["out"], infer_run["names"]
     args = ("infer", str(infer_run["folder"]), "--checkpoint", str(trained_run), "--num-cpus", "2",
@@ -427,6 +418,7 @@ def test_rerun_redoes_missing_outputs_only_and_a_rerun_with_nothing_to_do_starts
     assert changed.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_outputs_embeddings_writes_only_embeddings_and_a_repaired_file_is_retried(infer_run: dict, trained_run: Path, tmp_path: Path) -> None:
     folder = tmp_path / "pics"
     folder.mkdir()
@@ -452,6 +444,7 @@ def test_outputs_embeddings_writes_only_embeddings_and_a_repaired_file_is_retrie
     assert (out / "embeddings" / "later.png.parquet").is_file() and (out / "errors.jsonl").read_text() == ""
 
 
+@pytest.mark.slow
 def test_a_model_with_its_own_basis_colours_every_image_with_it(infer_run: dict, trained_run: Path, tmp_path: Path) -> None:
     """model.json's feature_basis (as `spix train` stores it) is used as is and recorded; nothing is fitted.
     `--pca image` ignores it and gives each image its own."""
@@ -489,6 +482,7 @@ def test_a_model_with_its_own_basis_colours_every_image_with_it(infer_run: dict,
     assert np.abs(per_image - np.asarray(Image.open(out / "features" / f"{path.name}.png")).astype(int)).mean() > 5
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_and_empty_folder_are_one_clear_line(tmp_path: Path, trained_run: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "pics").mkdir()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import spix.cli
 import spix.inference
 import spix.pipeline
@@ -49,6 +51,7 @@ def test_no_layer_imports_a_layer_above_its_own() -> None:
             assert not spix_imports(path) & above, f"{path.relative_to(REPO)} imports {sorted(spix_imports(path) & above)}"
 
 
+@pytest.mark.slow
 def test_regular_install_imports_from_site_packages(tmp_path: Path) -> None:
     target = tmp_path / "site"
     install = subprocess.run(

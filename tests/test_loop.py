@@ -76,6 +76,7 @@ def test_run_epoch_sums_the_step_statistics_and_measures_the_wait_for_data() -> 
     assert 0.2 <= totals.data_wait_s <= totals.seconds and totals.peak_memory_bytes == 0
 
 
+@pytest.mark.slow
 def test_validation_scores_each_image_the_same_whatever_the_order(toy_shards) -> None:
     torch.manual_seed(0)
     model = build_model("tiny").eval()

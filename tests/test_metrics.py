@@ -214,6 +214,7 @@ def test_clustering_ari_is_one_for_separated_embeddings_and_ignores_unlabelled_p
     assert clustering_ari(embeddings, sp, gt) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_clustering_ari_of_random_embeddings_is_about_zero():
     # For independent partitions of n items into k groups, ARI ~ (chi2 - (k-1)^2) / (n (k-1)), so
     # its SD is about sqrt(2) / n. At pixel level the m pixels of a superpixel always agree, which

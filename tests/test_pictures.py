@@ -133,6 +133,7 @@ def blobs(rng: np.random.Generator, count: int, dim: int, centres: int, spread: 
     return rng.normal(0, 3, (centres, dim))[rng.integers(0, centres, count)] + rng.normal(0, spread, (count, dim))
 
 
+@pytest.mark.slow
 def test_weighted_kmeans_reaches_sklearns_inertia() -> None:
     """Same problems, same number of restarts: our inertia is as low as scikit-learn's, up to seeding luck."""
     rng = np.random.default_rng(4)

@@ -149,6 +149,7 @@ def test_tiny_images_get_fewer_superpixels_not_a_crash(shape: tuple[int, int]) -
     assert 1 <= int(result.stdout) <= max(1, shape[0] * shape[1] // 4)
 
 
+@pytest.mark.slow
 def test_untidy_and_broken_inputs(tmp_path: Path) -> None:
     root = tmp_path / "ADEChallengeData2016"
     good, reasons = write_untidy_dataset(root)
@@ -189,6 +190,7 @@ def assert_manifest_counts_rows(manifest: dict, out: Path, inputs: int) -> None:
     assert len(manifest["errors"]) == inputs - rows
 
 
+@pytest.mark.slow
 def test_nothing_succeeded_exits_1_and_bad_root_is_one_line(tmp_path: Path) -> None:
     root = tmp_path / "ADE"
     for kind in ("images", "annotations"):
@@ -203,6 +205,7 @@ def test_nothing_succeeded_exits_1_and_bad_root_is_one_line(tmp_path: Path) -> N
     assert "not an ADEChallengeData2016 folder" in missing.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_processes_every_image_once(toy_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
     args = [*SPIX, "preprocess", "--data-root", str(toy_root), "--out", str(out), "--num-superpixels", "100",
@@ -225,6 +228,7 @@ def test_resume_after_kill_processes_every_image_once(toy_root: Path, tmp_path: 
     assert not (out / "_partial").exists()
 
 
+@pytest.mark.slow
 def test_help_of_every_command() -> None:
     import typer.main
 

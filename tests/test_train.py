@@ -59,6 +59,7 @@ def validation_auc(model: torch.nn.Module, shards: Path) -> float:
     return pair_scores_auc(part.scores, part.positives)
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_checkpoints_and_a_ray_free_model(trained_run: Path) -> None:
     metrics = read_jsonl(trained_run / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == list(range(1, 11)), "epochs count from 1, as on the terminal"
@@ -79,6 +80,7 @@ def test_run_writes_metrics_checkpoints_and_a_ray_free_model(trained_run: Path) 
     assert list((trained_run / "ray").glob("checkpoint_*")), "Ray Train checkpoints are kept"
 
 
+@pytest.mark.slow
 def test_training_raises_the_validation_pair_auc(trained_run: Path, train_shards: Path) -> None:
     torch.manual_seed(0)  # the run's seed: the very weights training started from
     untrained = validation_auc(build_model("tiny").eval(), train_shards)
@@ -90,6 +92,7 @@ def test_training_raises_the_validation_pair_auc(trained_run: Path, train_shards
     assert read_jsonl(trained_run / "metrics.jsonl")[-1]["val_pair_auc"] == pytest.approx(trained, abs=0.02)
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch_and_step(train_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "1", *TINY, timeout=600)
@@ -115,6 +118,7 @@ def same_run(first: Path, second: Path) -> None:
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restored_and_the_run_ends_as_if_nothing_happened(train_shards: Path, tmp_path: Path) -> None:
     """Restored from the last checkpoint, the run ends exactly like an uninterrupted run with the same seed:
     the crops and their order depend on (seed, epoch, image) only, never on timing or on which process made them."""
@@ -143,6 +147,7 @@ def test_a_killed_worker_is_restored_and_the_run_ends_as_if_nothing_happened(tra
     same_run(run, again)
 
 
+@pytest.mark.slow
 def test_one_ray_worker_trains_exactly_like_the_single_process_loop(train_shards: Path, tmp_path: Path) -> None:
     """`spix train --workers 1` and `train_without_ray` share the plan, the crops, the step and the epoch loop."""
     run = tmp_path / "run"
@@ -157,6 +162,7 @@ def test_one_ray_worker_trains_exactly_like_the_single_process_loop(train_shards
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_cleanly_after_the_first_epoch_past_the_limit(train_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "5", "--max-minutes", "0.001",
@@ -167,6 +173,7 @@ def test_max_minutes_stops_cleanly_after_the_first_epoch_past_the_limit(train_sh
     assert (run / "model.pt").exists() and "stopped after epoch 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
