@@ -26,7 +26,10 @@ def search(
     json_lines: bool | None = flag(S, "json", "One JSON object per match and line, with keys relative_path, superpixel, distance, y, x (the match's centroid).", "--json/--no-json"),
     config: Path | None = config_flag(S),
 ) -> None:
-    """The superpixel of image NAME at pixel (Y, X), and the superpixels of every image of OUT nearest to it.
+    """Find the regions most like the one at pixel (Y, X) of image NAME, in every image of OUT.
+
+    The region is the superpixel under that pixel; the answer is the --top superpixels of the whole folder
+    nearest to it.
 
     Distance: the squared Euclidean distance between superpixel embeddings (the metric the training loss
     shapes), exact, over every superpixel of OUT/embeddings/*.parquet. Each match is listed with its image, its

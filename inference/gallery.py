@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -42,7 +42,7 @@ COLUMNS = {  # picture key (outputs.FILES, plus the ground truth) -> column titl
 }
 PICTURE_HEIGHT = 240  # largest height of a picture on the page, in CSS pixels
 LIT_SHARES = (0.1, 0.2, 0.5, 1, 2, 5, 10)  # % of all regions the viewer can light up
-LIT_SHARE = 1
+LIT_SHARE = 1  # the one lit when the page opens
 
 STYLE = f"""
 body {{ font-family: sans-serif; margin: 1em; background: #fafafa; }}
@@ -59,8 +59,8 @@ tr.match td.name {{ background: #ffd2c2; }}
 .missing {{ color: #888; font-size: 90%; }}
 img.legend {{ max-width: 100%; }}
 .swatch {{ display: inline-block; width: 1em; height: 1em; vertical-align: middle; border: 1px solid #444; margin: 0 2px 0 8px; }}
-.search {{ position: sticky; top: 0; z-index: 2; background: #fafafaee; border-bottom: 1px solid #bbb; padding: 4px 0; }}
-.strip {{ display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; }}
+.search {{ position: sticky; top: 0; z-index: 2; background: #fafafa; border-bottom: 1px solid #bbb; padding: 4px 0; }}
+.strip {{ display: flex; flex-wrap: wrap; gap: 6px; margin-top: 4px; max-height: 260px; overflow-y: auto; }}
 .strip figure {{ margin: 0; width: 96px; font-size: 75%; cursor: pointer; }}
 .strip figcaption {{ overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
 .errors li {{ font-family: monospace; overflow-wrap: anywhere; }}
@@ -92,7 +92,7 @@ window.spixSearch = {
     if (i === undefined) return;
     records[i] = {
       count: r.count, dim: r.dim, stride: r.stride, mh: r.map_height, mw: r.map_width,
-      step: new Float32Array(bytes(r.step)), codes: new Int8Array(bytes(r.codes)),
+      mean: new Float32Array(bytes(r.mean)), step: new Float32Array(bytes(r.step)), codes: new Int8Array(bytes(r.codes)),
       centroid: new Float32Array(bytes(r.centroid)), starts: new Uint32Array(bytes(r.run_starts)),
       ids: new Uint16Array(bytes(r.run_ids)),
     };
@@ -150,17 +150,18 @@ function kthSmallest(a, k) {  // quickselect, in place
 
 function rank(qi, qs, top) {
   const q = records[qi], dim = q.dim, vector = new Float64Array(dim);
-  for (let d = 0; d < dim; d++) vector[d] = q.codes[qs * dim + d] * q.step[qs];
+  for (let d = 0; d < dim; d++) vector[d] = q.mean[d] + q.codes[qs * dim + d] * q.step[qs];
   const distances = [], best = [];  // best: [distance, image, superpixel], sorted, ties in folder order
   let total = 0;
   for (let i = 0; i < records.length; i++) {
     const r = records[i];
     if (!r || r.dim !== dim) { distances.push(null); continue; }
-    const out = new Float64Array(r.count);
+    const out = new Float64Array(r.count), offset = new Float64Array(dim);
+    for (let d = 0; d < dim; d++) offset[d] = vector[d] - r.mean[d];
     for (let s = 0; s < r.count; s++) {
       const step = r.step[s], base = s * dim;
       let sum = 0;
-      for (let d = 0; d < dim; d++) { const diff = vector[d] - r.codes[base + d] * step; sum += diff * diff; }
+      for (let d = 0; d < dim; d++) { const diff = offset[d] - r.codes[base + d] * step; sum += diff * diff; }
       out[s] = sum;
     }
     if (i === qi) out[qs] = Infinity;  // the query itself is no match
@@ -315,7 +316,7 @@ class GalleryEntry:
     name: str  # its output name (outputs.output_names)
     original: Path  # the input file itself
     files: dict[str, Path]  # output file key -> file (see outputs.output_files), plus "truth" when there is one
-    size: tuple[int, int] = field(default=(0, 0))  # (height, width) as processed; (0, 0) when it has no picture
+    size: tuple[int, int] = (0, 0)  # (height, width) as processed; (0, 0) when it has no picture
 
 
 def link(target: Path, out: Path) -> str:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 
 from spix.pipeline.files import write_atomic, write_text_atomic
-from spix.pipeline.superpixels import paint_superpixels
+from spix.pipeline.superpixels import label_runs, paint_superpixels
 
 MAX_NAME_BYTES = 200  # output names stay well below the usual 255-byte file name limit
 # kind of output -> its files: (key, folder, suffix). "soft" is the colour composite and the stacked layers.
@@ -115,12 +115,18 @@ def embeddings_table(relpath: str, superpixels: np.ndarray, embeddings: np.ndarr
 
 
 def superpixel_centroids(superpixels: np.ndarray, count: int) -> np.ndarray:
-    """(count, 2) float32 mean pixel position (y, x) of every superpixel id; NaN for an id without pixels."""
-    height, width = superpixels.shape
-    ids = superpixels.ravel().astype(np.intp)
-    area = np.bincount(ids, minlength=count)
-    sums = [np.bincount(ids, np.repeat(np.arange(height, dtype=np.float64), width), count),
-            np.bincount(ids, np.tile(np.arange(width, dtype=np.float64), height), count)]
+    """(count, 2) float32 mean pixel position (y, x) of every superpixel id; NaN for an id without pixels.
+
+    Summed over horizontal runs of one id (label_runs): a run of n pixels from column c of row y adds n * y and
+    n * c + n (n - 1) / 2, so the bincounts go over ~25k runs instead of ~350k pixels of an ADE-sized map.
+    """
+    if not superpixels.size:
+        return np.full((count, 2), np.nan, np.float32)
+    runs = label_runs(superpixels, superpixels)
+    lengths = runs.lengths.astype(np.float64)
+    area = np.bincount(runs.ids, lengths, count)
+    sums = [np.bincount(runs.ids, runs.rows * lengths, count),
+            np.bincount(runs.ids, lengths * runs.cols + lengths * (lengths - 1) / 2, count)]
     with np.errstate(invalid="ignore", divide="ignore"):
         return (np.stack(sums, axis=1) / area[:, None]).astype(np.float32)
 
@@ -142,21 +148,25 @@ def search_script(name: str, relpath: str, superpixels: np.ndarray, embeddings: 
     """OUT/search/<name>.js: what the gallery's region search needs of one image, as one call of
     `spixSearch.add({...})` (a script, because browsers refuse fetch() of file:// URLs).
 
-    The embeddings as int8 codes with a step per superpixel (quantise_rows: a quarter of the float32 size), the
-    centroids, and the superpixel map sampled every `stride` pixels (longest side <= SEARCH_MAP_SIDE, so cell
-    (i, j) is pixel (i * stride, j * stride)) and run-length coded along its rows: about 100 KB for 500
-    superpixels of 128 dimensions. Arrays are little-endian, base64.
+    The embeddings (the float16 values the Parquet file holds and `spix search` ranks) as the image's mean plus
+    int8 codes with a step per superpixel (quantise_rows of the differences from the mean: taking the mean out
+    first halves the step, and in a measurement on toy data raised the queries whose top 10 equal `spix
+    search`'s from 56% to 82%); the centroids; the superpixel map sampled every `stride` pixels (longest side
+    <= SEARCH_MAP_SIDE, so cell (i, j) is pixel (i * stride, j * stride)) and run-length coded along its rows.
+    About 100 KB for 500 superpixels of 128 dimensions. Arrays are little-endian, base64.
     """
     height, width = superpixels.shape
     stride = max(1, -(-max(height, width) // SEARCH_MAP_SIDE))
     sampled = superpixels[::stride, ::stride]
     flat = sampled.ravel()
     starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]])) if flat.size else np.zeros(0, np.intp)
-    codes, step = quantise_rows(embeddings.astype(np.float16))  # the values the Parquet file holds and `spix search` ranks
+    values = embeddings.astype(np.float16).astype(np.float32)
+    mean = values.mean(axis=0) if len(values) else np.zeros(values.shape[1], np.float32)
+    codes, step = quantise_rows(values - mean)
     record = {
         "name": name, "relpath": relpath, "height": height, "width": width, "count": len(embeddings),
         "dim": embeddings.shape[1], "stride": stride, "map_height": sampled.shape[0], "map_width": sampled.shape[1],
-        "step": encoded(step, "<f4"), "codes": encoded(codes, "i1"),
+        "mean": encoded(mean, "<f4"), "step": encoded(step, "<f4"), "codes": encoded(codes, "i1"),
         "centroid": encoded(superpixel_centroids(superpixels, len(embeddings)), "<f4"),
         "run_starts": encoded(starts, "<u4"), "run_ids": encoded(flat[starts], "<u2"),
     }

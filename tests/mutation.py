@@ -356,6 +356,29 @@ def run(args: argparse.Namespace) -> None:
     report(argparse.Namespace(results=[str(out)]))
 
 
+def check(args: argparse.Namespace) -> None:
+    """Apply one recorded mutant to --root, run the given pytest arguments, restore the module."""
+    root = Path(args.root).resolve()
+    if (root / ".git").exists():
+        sys.exit(f"{root} holds .git: mutate a copy, never the checkout")
+    found = [m for name in args.results for m in json.loads(Path(name).read_text())["mutants"] if m["id"] == args.id]
+    if not found:
+        sys.exit(f"no mutant {args.id} in {args.results}")
+    m = found[-1]
+    mutant = Mutant(**{**m, "start": tuple(m["start"]), "end": tuple(m["end"])})
+    path = root / mutant.module
+    original = path.read_text()
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        path.write_text(apply(original, mutant))
+        drop_bytecode(root, mutant.module)
+        result = subprocess.run([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.pytest], cwd=root, env=env)
+    finally:
+        path.write_text(original)
+        drop_bytecode(root, mutant.module)
+    print(f"{mutant.id}: {'killed' if result.returncode not in (0, 5) else 'survived' if result.returncode == 0 else 'nothing ran'}")
+
+
 def report(args: argparse.Namespace) -> None:
     """Killed/total per module for each results file (a later file overrides the statuses it re-ran)."""
     merged: dict[str, dict] = {}
@@ -368,11 +391,13 @@ def report(args: argparse.Namespace) -> None:
         for m in merged.values():
             by_module.setdefault(m["module"], []).append(m)
         for module, ms in by_module.items():
-            killed = sum(m["status"] in ("killed", "timeout") for m in ms)
-            print(f"{module:28s} {killed:3d}/{len(ms):3d} killed  ({sum(m['seconds'] for m in ms):6.0f}s)")
-        survivors = [m for m in merged.values() if m["status"] == "survived"]
-        for m in survivors:
-            print(f"  survived {m['id']} L{m['line']} {m['kind']}: {m['original']!r} -> {m['replacement']!r}")
+            killed = sum(m["status"] == "killed" for m in ms)
+            timeouts = sum(m["status"] == "timeout" for m in ms)
+            print(f"{module:28s} {killed + timeouts:3d}/{len(ms):3d} killed ({timeouts} of them by the time limit)"
+                  f"  {sum(m['seconds'] for m in ms):6.0f}s of test runs")
+        for m in merged.values():
+            if m["status"] in ("survived", "timeout"):
+                print(f"  {m['status']:8s} {m['id']} L{m['line']} {m['kind']}: {m['original']!r} -> {m['replacement']!r}")
 
 
 def main() -> None:
@@ -389,6 +414,13 @@ def main() -> None:
     go.add_argument("--replay", help="re-run the mutants of this results file instead of sampling")
     go.add_argument("--only-survivors", action="store_true", help="with --replay: only those that survived there")
     go.set_defaults(func=run)
+    one = commands.add_parser("check", help="one recorded mutant against the given pytest arguments")
+    one.add_argument("--root", required=True)
+    one.add_argument("--python", default=sys.executable)
+    one.add_argument("--results", action="append", required=True, help="results JSON (repeatable)")
+    one.add_argument("id", help="mutant id, module:index")
+    one.add_argument("pytest", nargs=argparse.REMAINDER, help="pytest arguments (after --)")
+    one.set_defaults(func=check)
     show = commands.add_parser("report", help="killed/total per module and the survivors")
     show.add_argument("results", nargs="+")
     show.set_defaults(func=report)

@@ -431,7 +431,7 @@ def test_outputs_embeddings_writes_only_embeddings_and_a_repaired_file_is_retrie
     first = run_spix(*args)
     assert first.returncode == 0, first.stderr
     assert "done: 1 |" in first.stdout and "skipped: 1 |" in first.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings", "errors.jsonl", "index.html", "infer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings", "errors.jsonl", "index.html", "infer.json", "search"]
     full = read_embeddings(output_files(infer_run["out"], infer_run["names"][relpath], ("embeddings",))["embeddings"])
     np.testing.assert_array_equal(read_embeddings(out / "embeddings" / "good.jpg.parquet")["embeddings"], full["embeddings"])
     assert json.loads((out / "infer.json").read_text())["feature_basis"] is None

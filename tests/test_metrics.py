@@ -87,6 +87,21 @@ def test_pair_auc_subsampling_draws_pairs_at_random_not_in_order():
     assert pair_auc([emb], [lab], max_pairs_per_image=10**6) == full
 
 
+def test_pair_auc_subsampling_draws_each_pair_at_most_once():
+    """max_pairs_per_image draws pairs without replacement: asking for all pairs but one scores every pair but
+    one exactly once, so the AUC is one of the leave-one-pair-out AUCs (brute force over the 66 of them).
+    Embeddings 2^i make every pair's distance distinct, so a pair drawn twice would weigh double."""
+    n = 12
+    lab = np.where(np.arange(n) % 3 == 0, 1, 2)
+    emb = (2.0 ** np.arange(n))[:, None]
+    i, j = np.triu_indices(n, k=1)
+    scores, same = -((emb[i, 0] - emb[j, 0]) ** 2), lab[i] == lab[j]
+    leave_one_out = [brute_force_auc(np.delete(scores, k), np.delete(same, k)) for k in range(len(i))]
+    for seed in range(3):
+        sampled = pair_auc([emb], [lab], max_pairs_per_image=len(i) - 1, seed=seed)
+        assert min(abs(sampled - value) for value in leave_one_out) < 1e-12
+
+
 def test_pair_auc_is_nan_without_positive_or_negative_pairs():
     emb = [np.zeros((3, 2))]
     assert math.isnan(pair_auc(emb, [np.array([1, 2, 3])]))  # only negatives

@@ -83,6 +83,15 @@ def test_guided_filter_matches_per_window_ridge_fits(channels: int) -> None:
     np.testing.assert_allclose(hwc(guided_filter(nchw(guide), nchw(source), 2, 0.01, subsample=1)), expected, atol=2e-5)
 
 
+def test_guided_filter_of_radius_one_matches_per_window_ridge_fits() -> None:
+    """Radius 1 (the default for images up to 95 pixels a side) filters 3 x 3 windows, by default and exact."""
+    rng = np.random.default_rng(4)
+    guide, source = rng.random((9, 11, 3)), rng.random((9, 11, 2))
+    expected = brute_guided_filter(guide, source, 1, 0.01)
+    for subsample in (None, 1):
+        np.testing.assert_allclose(hwc(guided_filter(nchw(guide), nchw(source), 1, 0.01, subsample)), expected, atol=2e-5)
+
+
 def test_float32_guided_filter_keeps_precision_on_a_bright_low_contrast_image() -> None:
     """A bright, nearly flat guide (sky-like: 0.92 +- 0.02) over 600 columns with a small eps, where
     E[I^2] - E[I]^2 cancels worst: float32 stays within 1e-4 of the float64 definition (3e-3 without
@@ -353,6 +362,37 @@ def test_principal_basis_matches_sklearn_pca_on_area_repeated_superpixels() -> N
     np.testing.assert_allclose(basis.std, np.sqrt(reference.explained_variance_ * (len(repeated) - 1) / len(repeated)), rtol=1e-8)
     record = FeatureBasis.from_record(basis.to_record(), 10, "test")
     assert record == basis
+
+
+def test_moments_merged_from_two_workers_give_the_weighted_mean_and_covariance_of_all() -> None:
+    """Workers' moments add up (EmbeddingMoments.merge): the basis of two merged halves is that of the
+    area-weighted mean and covariance of all embeddings, computed by numpy (np.average, np.cov aweights)."""
+    from spix.trainer.embedding import EmbeddingMoments
+
+    rng = np.random.default_rng(5)
+    embeddings = rng.normal(size=(50, 6)) * np.array([3.0, 2.0, 1.0, 0.5, 0.2, 0.1])
+    areas = rng.integers(1, 9, 50)
+    first, second = EmbeddingMoments(6), EmbeddingMoments(6)
+    first.add(embeddings[:20], areas[:20])
+    second.add(embeddings[20:], areas[20:])
+    first.merge(second)
+    basis = first.principal_basis(3)
+    covariance = np.cov(embeddings.T, aweights=areas, bias=True)
+    values, vectors = np.linalg.eigh(covariance)
+    np.testing.assert_allclose(basis["mean"], np.average(embeddings, axis=0, weights=areas), atol=1e-10)
+    np.testing.assert_allclose(basis["std"], np.sqrt(values[::-1][:3]), rtol=1e-8)
+    np.testing.assert_allclose(np.abs(np.array(basis["components"]) @ vectors[:, ::-1][:, :3]), np.eye(3), atol=1e-8)
+
+
+def test_each_basis_axis_points_with_its_largest_entry_positive() -> None:
+    """An eigenvector's sign is arbitrary; the basis fixes it (largest |entry| positive), so a colour of the
+    feature picture keeps its meaning across runs and machines. Several data sets, three axes each."""
+    rng = np.random.default_rng(8)
+    for _ in range(6):
+        embeddings = rng.normal(size=(40, 5)) * np.array([3.0, 2.0, 1.0, 0.5, 0.2])
+        components = np.array(image_basis(embeddings @ np.linalg.qr(rng.normal(size=(5, 5)))[0], np.ones(40)).components)
+        largest = components[np.arange(3), np.abs(components).argmax(axis=1)]
+        assert (largest > 0).all()
 
 
 def test_a_malformed_basis_is_refused_with_its_shapes() -> None:

@@ -175,3 +175,30 @@ def test_preprocess_writes_groups_of_32_rows_and_iter_samples_reads_all_of_them(
         np.testing.assert_array_equal(sample.rgb, rgb)
         np.testing.assert_array_equal(sample.labels, labels)
         np.testing.assert_array_equal(sample.sp_label, brute_force_stats(sample.superpixels, labels, rgb)["label"])
+
+
+def test_a_relative_path_and_a_file_uri_read_the_same_rows(
+    written, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--shards shards` (relative to the working directory) and `file:///abs/shards` name the same folder."""
+    out, rows = written
+    expected = [row["image_id"] for row in rows["training"]]
+    monkeypatch.chdir(out.parent)
+    assert [row["image_id"] for row in iter_rows(out.name, "training", ["image_id"])] == expected
+    assert [row["image_id"] for row in iter_rows(f"file://{out}", "training", ["image_id"])] == expected
+
+
+def test_a_shard_rewritten_without_its_run_record_is_refused_as_incomplete(written, tmp_path: Path) -> None:
+    """A shard copied by plain pyarrow keeps the schema's parameters but not spix's footer record: not a
+    complete shard (a clear ShardFormatError, not a KeyError deep in the resume logic)."""
+    import pyarrow.fs as pafs
+
+    from spix.pipeline.shards import ShardFormatError, read_shard_metadata
+
+    out, _ = written
+    copy = tmp_path / "copy.parquet"
+    pq.write_table(pq.read_table(out / "training-00000.parquet"), copy)
+    assert b"spix" in pq.ParquetFile(copy).schema_arrow.metadata  # the parameters survived the copy
+    with pytest.raises(ShardFormatError, match="not a complete spix shard"):
+        read_shard_metadata(pafs.LocalFileSystem(), str(copy))
+    assert read_shard_metadata(pafs.LocalFileSystem(), str(out / "training-00000.parquet"))["num_rows"] == 11
