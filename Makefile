@@ -54,7 +54,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: setup
-	for b in preprocess pooling loss train_scaling infer pixel_vs_superpixel; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in preprocess pooling loss train_throughput train_scaling infer pixel_vs_superpixel; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(DEMO) runs/demo build *.egg-info
