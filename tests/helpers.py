@@ -250,3 +250,30 @@ def brute_force_ari(truth: list[int], clusters: list[int]) -> float:
     expected = row_pairs * col_pairs / math.comb(len(truth), 2)
     maximum = (row_pairs + col_pairs) / 2
     return (index - expected) / (maximum - expected)
+
+
+def train_run_with_probe(shards: Path, run: Path, epochs: int) -> Path:
+    """A tiny model trained on `shards` (no Ray, seed 0) saved like `spix train` in `run`, and a linear probe fitted
+    on its training superpixels in RUN/eval/classifier.npz, where `spix infer --labels` looks for it."""
+    import torch
+
+    from spix.pipeline.shards import iter_samples, read_manifest
+    from spix.trainer.checkpoint import model_meta, write_final_model
+    from spix.trainer.config import train_config
+    from spix.trainer.embedding import embed_superpixels
+    from spix.trainer.loop import train_without_ray
+    from spix.trainer.probe import LinearProbe
+
+    model, _ = train_without_ray(train_config(shards=str(shards), out="", workers=1, epochs=epochs, batch_size=4, crop=64,
+                                              preset="tiny", seed=0, gpu=False))
+    manifest = read_manifest(str(shards))
+    (run / "eval").mkdir(parents=True)
+    write_final_model(run, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], {}))
+    features, labels = [], []
+    for sample in iter_samples(str(shards), "training"):
+        keep = (sample.sp_label > 0) & (sample.sp_purity >= 0.5)
+        features.append(embed_superpixels(model, sample.rgb, sample.superpixels, torch.device("cpu"))[keep])
+        labels.append(sample.sp_label[keep])
+    names = {i + 1: n for i, n in enumerate(manifest["class_names"])}
+    LinearProbe(class_names=names).fit(np.concatenate(features), np.concatenate(labels)).save(run / "eval" / "classifier.npz")
+    return run

@@ -13,16 +13,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import run_spix
+from helpers import run_spix, train_run_with_probe
 from spix.inference.outputs import output_names, read_embeddings
-from spix.pipeline.shards import iter_samples, read_manifest
-from spix.trainer.checkpoint import model_meta, write_final_model
-from spix.trainer.config import train_config
-from spix.trainer.embedding import embed_superpixels
-from spix.trainer.loop import train_without_ray
-from spix.trainer.probe import LinearProbe
 
 LONG_NAME = "a_photo_with_a_file_name_far_too_long_for_its_column_" * 3 + "x.jpg"
 
@@ -31,20 +24,8 @@ LONG_NAME = "a_photo_with_a_file_name_far_too_long_for_its_column_" * 3 + "x.jpg
 def gallery(toy_shards: Path, toy_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny model trained here (no Ray) with its linear probe, and `spix infer --labels` of the held-out toy
     validation images in an ADE-layout data root (so the page has a ground-truth column), one with a long name."""
-    model, _ = train_without_ray(train_config(shards=str(toy_shards), out="", workers=1, epochs=4, batch_size=4, crop=64,
-                                              preset="tiny", seed=0, gpu=False))
-    manifest = read_manifest(str(toy_shards))
     base = tmp_path_factory.mktemp("gallery")
-    run = base / "run"
-    (run / "eval").mkdir(parents=True)
-    write_final_model(run, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], {}))
-    features, labels = [], []
-    for sample in iter_samples(str(toy_shards), "training"):
-        keep = (sample.sp_label > 0) & (sample.sp_purity >= 0.5)
-        features.append(embed_superpixels(model, sample.rgb, sample.superpixels, torch.device("cpu"))[keep])
-        labels.append(sample.sp_label[keep])
-    names = {i + 1: n for i, n in enumerate(manifest["class_names"])}
-    LinearProbe(class_names=names).fit(np.concatenate(features), np.concatenate(labels)).save(run / "eval" / "classifier.npz")
+    run = train_run_with_probe(toy_shards, base / "run", epochs=4)
     root = base / "ADE"
     for kind in ("images", "annotations"):
         shutil.copytree(toy_root / kind / "validation", root / kind / "validation")

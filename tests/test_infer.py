@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from helpers import run_spix
+from helpers import run_spix, train_run_with_probe
 from spix.configs import defaults
 from spix.inference.basis import FeatureBasis
 from spix.inference.filters import GuidedFilter, smoothing_radius
@@ -29,12 +29,9 @@ from spix.inference.pictures import feature_picture, soft_layers, soft_membershi
 from spix.inference.settings import OUTPUT_KINDS, InferInputError, parse_outputs
 from spix.inference.step import InferenceStep, step_config
 from spix.pipeline.imageio import decode_rgb
-from spix.pipeline.shards import iter_samples, read_manifest
 from spix.pipeline.superpixels import compute_superpixels, paint_superpixels
-from spix.trainer.checkpoint import load_model, model_meta, write_final_model
-from spix.trainer.config import train_config
+from spix.trainer.checkpoint import load_model
 from spix.trainer.embedding import EmbeddingMoments, embed_batch, embed_superpixels
-from spix.trainer.loop import train_without_ray
 from spix.trainer.model import build_model
 from spix.trainer.probe import LinearProbe
 
@@ -149,21 +146,7 @@ def test_the_step_needs_a_basis_for_run_wide_pictures_and_fits_its_own_per_image
 def trained_run(toy_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained here (8 epochs, no Ray; its model.json has no feature basis) and its linear probe
     in RUN/eval/classifier.npz."""
-    model, _ = train_without_ray(train_config(shards=str(toy_shards), out="", workers=1, epochs=8, batch_size=4, crop=64, preset="tiny", seed=0, gpu=False))
-    manifest = read_manifest(str(toy_shards))
-    run = tmp_path_factory.mktemp("runs") / "run"
-    run.mkdir()
-    write_final_model(run, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], {}))
-    features, labels = [], []
-    for sample in iter_samples(str(toy_shards), "training"):
-        keep = (sample.sp_label > 0) & (sample.sp_purity >= 0.5)
-        features.append(embed_superpixels(model, sample.rgb, sample.superpixels, torch.device("cpu"))[keep])
-        labels.append(sample.sp_label[keep])
-    names = {i + 1: n for i, n in enumerate(manifest["class_names"])}
-    (run / "eval").mkdir()
-    probe = LinearProbe(class_names=names).fit(np.concatenate(features), np.concatenate(labels))
-    probe.save(run / "eval" / "classifier.npz")
-    return run
+    return train_run_with_probe(toy_shards, tmp_path_factory.mktemp("runs") / "run", epochs=8)
 
 
 def exif_rotated_jpeg() -> tuple[bytes, np.ndarray]:
