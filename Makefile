@@ -38,7 +38,7 @@ demo: setup
 	rm -rf $(DEMO) runs/demo
 	$(BIN)/spix make-toy-data $(DEMO)/ADEChallengeData2016 --train 64 --val 16 --seed 0
 	$(BIN)/spix preprocess --data-root $(DEMO)/ADEChallengeData2016 --out $(DEMO)/shards --num-superpixels 300 --images-per-shard 16
-	$(BIN)/spix train --shards $(DEMO)/shards --out runs/demo --crop 128
+	$(BIN)/spix train --shards $(DEMO)/shards --out runs/demo
 	$(BIN)/spix eval --shards $(DEMO)/shards
 	$(BIN)/spix infer $(DEMO)/ADEChallengeData2016/images/validation --out $(DEMO)/infer --labels
 	@echo

@@ -1,16 +1,18 @@
 """Pixel-sampled vs superpixel metric learning on the same toy data and wall-clock budget, scored by `spix eval`.
 
-    python benchmarks/pixel_vs_superpixel.py [--work DIR] [--budget 300] [--train 64] [--val 16]
-        [--min-side 256] [--max-side 512] [--superpixels 500] [--crop 224] [--batch-size 4]
-        [--pixel-samples 1024] [--lr 1e-3] [--seed 0] [--device cpu|cuda]
+    python benchmarks/pixel_vs_superpixel.py [--work DIR] [--seeds 101 102 103] [--budget 300] [--train 64]
+        [--val 16] [--min-side 256] [--max-side 512] [--superpixels 500] [--preset auto] [--crop 0]
+        [--batch-size 8] [--pixel-samples 1024] [--device cpu|cuda]
 
-1. WORK/ADEChallengeData2016 (`spix make-toy-data`) and WORK/shards (`spix preprocess`), unless
-   WORK/shards/manifest.json is already there;
-2. for each loss, a fresh interpreter trains a `tiny` model (train_without_ray, the same seed,
-   data, crops and optimiser) until --budget seconds of training have passed and writes
-   WORK/runs/<loss>/model.pt + model.json;
-3. `spix eval` on each run (WORK/runs/<loss>/eval);
-4. one table, printed and written to WORK/comparison.md.
+For each seed (toy data, crops, weights and pair sampling all follow it):
+1. WORK/seed<N>/ADEChallengeData2016 (`spix make-toy-data --seed N`) and WORK/seed<N>/shards (`spix
+   preprocess`), unless the shards' manifest.json is already there;
+2. for each loss, a fresh interpreter trains the model (train_without_ray with the default recipe of
+   `spix train`: AdamW, warm-up + cosine schedule, --max-minutes set to the budget) until --budget
+   seconds of training have passed and writes WORK/seed<N>/runs/<loss>/model.pt + model.json;
+3. `spix eval` on each run.
+Then one table, printed and written to WORK/comparison.md: per loss the mean ± standard deviation over
+the seeds, and a table per seed.
 
 Columns: steps done in the budget; seconds per step (training wall time / steps, crop decoding
 included, which is the same work for both losses); peak memory: on CPU the resident-set
@@ -18,15 +20,17 @@ high-water mark (Linux VmHWM) of the training process, reset just before trainin
 above the resident set at that moment (imports and the model excluded; data rows, activations,
 gradients and the loss's pair matrices included); on CUDA torch.cuda.max_memory_allocated
 (tensors only). Then the validation metrics of `spix eval`; the untrained network and the colour
-baseline are the same for both runs (same seed, same data) and are printed once, with ASA.
+baseline are the same for both runs of a seed and are listed once, with ASA.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,6 +40,7 @@ from loss import resident_high_water_mark, resident_now  # sibling script (bench
 LOSSES = ("superpixel", "pixel")
 SPIX = [sys.executable, "-m", "spix"]
 COLUMNS = ("steps", "s/step", "peak MiB", "pair AUC", "pixel acc", "mIoU", "ARI")
+METRICS = ("pair_auc", "pixel_accuracy", "miou", "ari")
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -48,13 +53,14 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--min-side", type=int, default=256)
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--superpixels", type=int, default=500)
-    parser.add_argument("--crop", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--preset", default="auto", help="model preset; auto: paper on a GPU, cpu otherwise")
+    parser.add_argument("--crop", type=int, default=0, help="0: as spix train (224 on a GPU, 128 otherwise)")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pixel-samples", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
     parser.add_argument("--device", default="cuda" if gpu else "cpu")
     parser.add_argument("--child", choices=LOSSES, help=argparse.SUPPRESS)
+    parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -66,14 +72,18 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def make_shards(args: argparse.Namespace) -> Path:
-    """Toy data and its shards in WORK (reused when the manifest exists)."""
-    shards = args.work / "shards"
+def seed_folder(args: argparse.Namespace, seed: int) -> Path:
+    return args.work / f"seed{seed}"
+
+
+def make_shards(args: argparse.Namespace, seed: int) -> Path:
+    """Toy data of one seed and its shards (reused when the manifest exists)."""
+    shards = seed_folder(args, seed) / "shards"
     if (shards / "manifest.json").is_file():
         return shards
-    data = args.work / "ADEChallengeData2016"
+    data = seed_folder(args, seed) / "ADEChallengeData2016"
     run([*SPIX, "make-toy-data", str(data), "--train", str(args.train), "--val", str(args.val),
-         "--seed", str(args.seed), "--min-side", str(args.min_side), "--max-side", str(args.max_side)])
+         "--seed", str(seed), "--min-side", str(args.min_side), "--max-side", str(args.max_side)])
     run([*SPIX, "preprocess", "--data-root", str(data), "--out", str(shards), "--num-superpixels", str(args.superpixels)])
     return shards
 
@@ -85,7 +95,8 @@ def train_child(args: argparse.Namespace) -> dict[str, float]:
     from spix.trainer.config import train_config
     from spix.trainer.loop import train_without_ray
 
-    shards = str(args.work / "shards")
+    seed = args.child_seed
+    shards = str(seed_folder(args, seed) / "shards")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -94,28 +105,27 @@ def train_child(args: argparse.Namespace) -> dict[str, float]:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
         before = resident_now()
     config = train_config(
-        shards=shards, out="", workers=1, epochs=10**9, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-        seed=args.seed, preset="tiny", loss=args.child, pixel_samples=args.pixel_samples, max_minutes=args.budget / 60,
+        shards=shards, out="", workers=1, epochs=10**9, batch_size=args.batch_size, crop=args.crop, seed=seed,
+        preset=args.preset, loss=args.child, pixel_samples=args.pixel_samples, max_minutes=args.budget / 60,
         gpu=args.device.startswith("cuda"),
     )
     model, counters = train_without_ray(config, device=args.device)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident_high_water_mark()
     manifest = read_manifest(shards)
-    config = {"loss": args.child, "pixel_samples": args.pixel_samples, "crop": args.crop, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "budget_s": args.budget, "steps": counters["steps"]}
-    run_dir = args.work / "runs" / args.child
+    record = {**asdict(config), "budget_s": args.budget, "steps": counters["steps"]}
+    run_dir = seed_folder(args, seed) / "runs" / args.child
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_final_model(run_dir, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], config))
+    write_final_model(run_dir, model.state_dict(), model_meta(config.preset, 128, manifest["params"], manifest["class_names"], record))
     return {"steps": counters["steps"], "seconds": counters["seconds"], "peak_bytes": peak - before}
 
 
-def train_and_evaluate(args: argparse.Namespace, loss: str) -> tuple[dict[str, float], dict]:
+def train_and_evaluate(args: argparse.Namespace, seed: int, loss: str) -> tuple[dict[str, float], dict]:
     """Training counters of one loss (fresh interpreter) and its `spix eval` metrics.json."""
-    done = run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--child", loss])
+    done = run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--child", loss, "--child-seed", str(seed)])
     counters = json.loads(done.stdout.strip().splitlines()[-1])
-    run_dir = args.work / "runs" / loss
-    run([*SPIX, "eval", "--shards", str(args.work / "shards"), "--checkpoint", str(run_dir), "--device", args.device,
-         "--seed", str(args.seed)])
+    run_dir = seed_folder(args, seed) / "runs" / loss
+    run([*SPIX, "eval", "--shards", str(seed_folder(args, seed) / "shards"), "--checkpoint", str(run_dir),
+         "--device", args.device, "--seed", str(seed)])
     return counters, json.loads((run_dir / "eval" / "metrics.json").read_text())
 
 
@@ -131,19 +141,45 @@ def table_rows(results: dict[str, tuple[dict[str, float], dict]]) -> list[list[s
         rows.append([
             f"{loss} loss", str(counters["steps"]), f"{counters['seconds'] / max(counters['steps'], 1):.3f}",
             f"{counters['peak_bytes'] / 2**20:.0f}",
-            *(number(trained[key]) for key in ("pair_auc", "pixel_accuracy", "miou", "ari")),
+            *(number(trained[key]) for key in METRICS),
         ])
     metrics = next(iter(results.values()))[1]
     for name, title in (("untrained", "untrained network"), ("baseline", "colour + position")):
         scores = metrics["feature_sets"][name]
-        rows.append([title, "", "", "", *(number(scores[key]) for key in ("pair_auc", "pixel_accuracy", "miou", "ari"))])
+        rows.append([title, "", "", "", *(number(scores[key]) for key in METRICS)])
     return rows
 
 
-def markdown(rows: list[list[str]], asa: float | None, header: str) -> str:
+def spread(values: list[float], digits: int = 3) -> str:
+    """mean ± sample standard deviation (the value alone for one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def summary_rows(by_seed: dict[int, dict[str, tuple[dict[str, float], dict]]]) -> list[list[str]]:
+    """Mean ± spread over seeds: one row per loss, then the untrained network and the colour baseline."""
+    seeds = list(by_seed.values())
+    rows = []
+    for loss in LOSSES:
+        counters = [s[loss][0] for s in seeds]
+        trained = [s[loss][1]["feature_sets"]["trained"] for s in seeds]
+        rows.append([
+            f"{loss} loss", spread([c["steps"] for c in counters], digits=0),
+            spread([c["seconds"] / max(c["steps"], 1) for c in counters]),
+            f"{max(c['peak_bytes'] for c in counters) / 2**20:.0f}",
+            *(spread([t[key] for t in trained]) for key in METRICS),
+        ])
+    for name, title in (("untrained", "untrained network"), ("baseline", "colour + position")):
+        scores = [s[LOSSES[0]][1]["feature_sets"][name] for s in seeds]
+        rows.append([title, "", "", "", *(spread([x[key] for x in scores]) for key in METRICS)])
+    return rows
+
+
+def markdown(rows: list[list[str]], footer: str, header: str) -> str:
     lines = [header, "", "| run | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines + ["", f"ASA (ceiling of pixel accuracy): {number(asa)}", ""])
+    return "\n".join(lines + ["", footer, ""])
 
 
 def main() -> None:
@@ -151,15 +187,20 @@ def main() -> None:
     if args.child:
         print(json.dumps(train_child(args)))
         return
-    args.work.mkdir(parents=True, exist_ok=True)
-    shards = make_shards(args)
-    results = {loss: train_and_evaluate(args, loss) for loss in LOSSES}
-    header = (
-        f"device={args.device} torch threads={torch.get_num_threads()} budget={args.budget:.0f}s/loss "
-        f"crop={args.crop} batch={args.batch_size} pixel samples={args.pixel_samples} lr={args.lr} seed={args.seed} "
-        f"shards={shards}"
+    by_seed = {}
+    for seed in args.seeds:
+        make_shards(args, seed)
+        by_seed[seed] = {loss: train_and_evaluate(args, seed, loss) for loss in LOSSES}
+    settings = (
+        f"device={args.device} torch threads={torch.get_num_threads()} budget={args.budget:.0f}s/loss preset={args.preset} "
+        f"crop={args.crop or 'auto'} batch={args.batch_size} pixel samples={args.pixel_samples}, the default schedule of spix train"
     )
-    text = markdown(table_rows(results), next(iter(results.values()))[1]["asa"], header)
+    asa = [next(iter(r.values()))[1]["asa"] for r in by_seed.values()]
+    parts = [markdown(summary_rows(by_seed), f"ASA (ceiling of pixel accuracy): {spread(asa)}",
+                      f"{settings}; mean ± standard deviation over seeds {args.seeds}")]
+    parts += [markdown(table_rows(results), f"ASA: {number(next(iter(results.values()))[1]['asa'])}", f"seed {seed}")
+              for seed, results in by_seed.items()]
+    text = "\n".join(parts)
     (args.work / "comparison.md").write_text(text)
     print(text)
 

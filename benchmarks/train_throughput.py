@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--preset", default=None)
+    parser.add_argument("--preset", default=None, help="default: auto (paper on a GPU, cpu otherwise)")
     parser.add_argument("--crop", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--min-side", type=int, default=256)
@@ -152,7 +152,7 @@ def main() -> None:
         shards = prepare_shards(base, args.images, args.min_side, args.max_side)
         config = train_config(
             shards=str(shards), out="", workers=args.workers, epochs=args.epochs, max_minutes=0.0,
-            preset=args.preset or ("paper" if gpu else "tiny"), crop=args.crop or (224 if gpu else 128),
+            preset=args.preset or "auto", crop=args.crop or 0,  # auto: paper and 224 on a GPU, cpu and 128 on CPUs
             batch_size=args.batch_size or (32 if gpu else 4), gpu=gpu, amp=gpu, val_max_images=0,
         )
         results: dict[str, float] = {}

@@ -27,10 +27,10 @@ def train(
     lr: float | None = flag(S, "lr", "Peak AdamW learning rate."),
     schedule: str | None = flag(S, "schedule", "Learning-rate schedule after the warm-up: cosine (down to 2% of --lr at the end of the run) or constant."),
     warmup_steps: int | None = flag(S, "warmup_steps", "Steps of linear warm-up from 0 to --lr."),
-    preset: str | None = flag(S, "preset", f"Model widths: {', '.join(f'{k} {v}' for k, v in PRESETS.items())}, or auto: paper on GPUs, a model that learns within minutes on CPUs."),
+    preset: str | None = flag(S, "preset", f"Model size (stage widths, head kernel): {', '.join(f'{k} {v.widths} {v.head_kernel}x{v.head_kernel}' for k, v in PRESETS.items())}; or auto: paper on GPUs, cpu on CPUs."),
     loss: str | None = flag(S, "loss", "superpixel (the method) or pixel (the paper's sampled-pixel baseline)."),
     pixel_samples: int | None = flag(S, "pixel_samples", "Pixels sampled per image by --loss pixel."),
-    crop: int | None = flag(S, "crop", "Side of the random square training crop."),
+    crop: int | None = flag(S, "crop", "Side of the random square training crop.", empty="224 on GPUs, 128 on CPUs"),
     gpu: bool | None = flag(S, "gpu", "One GPU per worker, NCCL; auto: when Ray sees a GPU.", "--gpu/--no-gpu"),
     amp: bool | None = flag(S, "amp", "bf16 autocast on GPU.", "--amp/--no-amp"),
     seed: int | None = flag(S, "seed", "Seed of weights, crops and shuffling."),
@@ -81,8 +81,8 @@ def check_arguments(s: dict[str, Any], resume: bool) -> None:
         fail(f"--loss must be one of {list(LOSSES)}, not {s['loss']!r}")
     if s["schedule"] not in SCHEDULES:
         fail(f"--schedule must be one of {list(SCHEDULES)}, not {s['schedule']!r}")
-    if min(s["workers"], s["epochs"], s["batch_size"], s["crop"], s["pixel_samples"]) < 1:
-        fail("--workers, --epochs, --batch-size, --crop and --pixel-samples must be >= 1")
+    if min(s["workers"], s["epochs"], s["batch_size"], s["pixel_samples"]) < 1 or s["crop"] < 0:
+        fail("--workers, --epochs, --batch-size and --pixel-samples must be >= 1, --crop >= 1 (or 0: auto)")
     if s["max_minutes"] < 0 or s["warmup_steps"] < 0 or s["lr"] <= 0:
         fail("--max-minutes and --warmup-steps must be >= 0, --lr > 0")
     if resume and not s["out"]:

@@ -31,6 +31,16 @@ def run_spix(*args: str, timeout: float = 300, env: dict | None = None, **kwargs
     )
 
 
+def cli(*args: str) -> Any:
+    """Run the CLI in this process (typer's CliRunner): for errors a command reports before it starts Ray,
+    without the seconds a fresh interpreter spends importing torch. Returns a click Result (exit_code, stderr)."""
+    from typer.testing import CliRunner
+
+    from spix.cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
 # ----------------------------------------------------------------------------- small datasets
 
 

@@ -57,9 +57,12 @@ def test_train_settings_come_from_the_section_and_auto_picks_by_device() -> None
     values = {**defaults("train"), "gpu": False}
     config = make_train_config(values)
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(values), "every field is a setting"
-    assert config.lr == defaults("train")["lr"] and config.crop == defaults("train")["crop"]
-    assert make_train_config({**values, "preset": "auto", "gpu": True}).preset == "paper"
-    assert make_train_config({**values, "preset": "auto", "gpu": False}).preset != "paper"
+    assert config.lr == defaults("train")["lr"] and config.batch_size == defaults("train")["batch_size"]
+    on_gpu = make_train_config({**values, "preset": "auto", "crop": 0, "gpu": True})
+    on_cpu = make_train_config({**values, "preset": "auto", "crop": 0, "gpu": False})
+    assert (on_gpu.preset, on_gpu.crop) == ("paper", 224), "the paper's model and crop on GPUs"
+    assert (on_cpu.preset, on_cpu.crop) == ("cpu", 128)
+    assert make_train_config({**values, "preset": "tiny", "crop": 96, "gpu": True}).crop == 96, "a crop given is kept"
     assert make_train_config({**values, "gpu": False, "amp": True}).amp is False, "bf16 autocast only on a GPU"
 
 

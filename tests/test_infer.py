@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from helpers import run_spix, train_run_with_probe
+from helpers import cli, run_spix, train_run_with_probe
 from spix.configs import defaults
 from spix.inference.basis import FeatureBasis
 from spix.inference.filters import GuidedFilter, smoothing_radius
@@ -466,17 +466,20 @@ def test_a_model_with_its_own_basis_colours_every_image_with_it(infer_run: dict,
 
 
 @pytest.mark.slow
-def test_missing_checkpoint_and_empty_folder_are_one_clear_line(tmp_path: Path, trained_run: Path) -> None:
+def test_missing_checkpoint_and_empty_folder_are_one_clear_line(
+    tmp_path: Path, trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "pics").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "pics" / "a.png")
-    no_run = run_spix("infer", str(tmp_path / "pics"), cwd=tmp_path)
-    missing = run_spix("infer", str(tmp_path / "pics"), "--checkpoint", str(tmp_path / "nope"))
-    empty = run_spix("infer", str(tmp_path / "empty"), "--checkpoint", str(trained_run))
-    outputs = run_spix("infer", str(tmp_path / "pics"), "--checkpoint", str(trained_run), "--outputs", "pictures")
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    no_run = cli("infer", str(tmp_path / "pics"))
+    missing = cli("infer", str(tmp_path / "pics"), "--checkpoint", str(tmp_path / "nope"))
+    empty = cli("infer", str(tmp_path / "empty"), "--checkpoint", str(trained_run))
+    outputs = cli("infer", str(tmp_path / "pics"), "--checkpoint", str(trained_run), "--outputs", "pictures")
     for result, words in [(no_run, "no finished run under runs"), (missing, "no finished model"), (empty, "no images"),
                           (outputs, "--outputs takes")]:
-        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert result.exit_code == 1 and words in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
 

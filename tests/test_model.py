@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from spix.trainer.checkpoint import load_model, model_meta, write_final_model
 from spix.trainer.config import PRESETS
 from spix.trainer.model import IMAGE_MEAN, IMAGE_STD, build_model, normalize_images
 
 
-def hand_parameter_count(widths: tuple[int, int, int], dim: int) -> int:
+def hand_parameter_count(widths: tuple[int, int, int], dim: int, head_kernel: int) -> int:
     """Weights of bias-free convs plus BN (weight, bias) pairs, layer by layer as DESIGN.md lists them."""
     c1, c2, c3 = widths
 
@@ -20,7 +21,7 @@ def hand_parameter_count(widths: tuple[int, int, int], dim: int) -> int:
     def stage(c: int, cout: int) -> int:
         return 4 * conv_bn(c, c, 3) + conv_bn(c, cout, 1)  # two residual units of two 3x3 convs
 
-    return conv_bn(3, c1, 1) + stage(c1, c2) + stage(c2, c3) + stage(c3, c3) + conv_bn(c1 + c2 + c3, dim, 3)
+    return conv_bn(3, c1, 1) + stage(c1, c2) + stage(c2, c3) + stage(c3, c3) + conv_bn(c1 + c2 + c3, dim, head_kernel)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 7), (2, 9), (17, 33), (32, 24)])
@@ -67,11 +68,12 @@ def numpy_forward_of_one_pixel(state: dict[str, np.ndarray], x: np.ndarray, eps:
     return bn("head.1", conv("head.0", np.concatenate(taps, axis=1)))
 
 
-def test_one_pixel_output_equals_the_design_written_out_in_numpy() -> None:
+@pytest.mark.parametrize("preset", ["tiny", "cpu"])
+def test_one_pixel_output_equals_the_design_written_out_in_numpy(preset: str) -> None:
     """Wiring (skips, hypercolumn taps and their order, BN in eval mode) against an independent numpy
     computation; the batch-norm statistics are randomised so that each one matters."""
     torch.manual_seed(0)
-    model = build_model("tiny", dim=16)
+    model = build_model(preset, dim=16)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in model.modules():
@@ -88,17 +90,53 @@ def test_one_pixel_output_equals_the_design_written_out_in_numpy() -> None:
     np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-9, atol=1e-9)
 
 
-def test_paper_preset_runs_on_a_small_input_and_has_the_hand_counted_parameters() -> None:
-    model = build_model("paper")
+@pytest.mark.parametrize(("preset", "widths", "head_kernel", "parameters"),
+                         [("paper", (64, 128, 256), 3, 3_724_608), ("cpu", (16, 32, 64), 1, 216_080)])
+def test_preset_runs_on_a_small_input_and_has_the_hand_counted_parameters(
+    preset: str, widths: tuple[int, int, int], head_kernel: int, parameters: int
+) -> None:
+    model = build_model(preset)
     count = sum(p.numel() for p in model.parameters())
-    print(f"paper preset parameters: {count:,}")
-    assert count == hand_parameter_count(PRESETS["paper"], 128) == 3_724_608
+    assert (PRESETS[preset].widths, PRESETS[preset].head_kernel) == (widths, head_kernel)
+    assert count == hand_parameter_count(widths, 128, head_kernel) == parameters
     out = model.eval()(torch.randn(1, 3, 9, 11))
     assert out.shape == (1, 128, 9, 11)
 
 
+def test_the_cpu_preset_head_is_pointwise_and_the_paper_head_is_not() -> None:
+    """A change of the hypercolumn at one pixel changes the output of a 1x1 head at that pixel alone,
+    of the paper's 3x3 head in the pixel's 3x3 neighbourhood."""
+    torch.manual_seed(0)
+    for preset, reach in (("cpu", 1), ("paper", 9)):
+        model = build_model(preset, dim=4).eval()
+        hypercolumn = torch.zeros(1, sum(PRESETS[preset].widths), 7, 7)
+        bumped = hypercolumn.clone()
+        bumped[0, :, 3, 3] = 1.0
+        changed = (model.head(bumped) - model.head(hypercolumn)).abs().sum(dim=1)[0] > 0
+        assert int(changed.sum()) == reach, preset
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu"])
+def test_a_saved_model_is_rebuilt_with_its_preset(preset: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model(preset, dim=128).eval()
+    write_final_model(tmp_path, model.state_dict(), model_meta(preset, 128, {}, [], {}))
+    loaded, meta = load_model(tmp_path)
+    x = torch.randn(1, 3, 12, 10)
+    assert meta["head_kernel"] == PRESETS[preset].head_kernel
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_model_json_from_before_head_kernel_loads_with_the_papers_3x3_head(tmp_path) -> None:
+    model = build_model("tiny").eval()
+    meta = model_meta("tiny", 128, {}, [], {})
+    del meta["head_kernel"]
+    write_final_model(tmp_path, model.state_dict(), meta)
+    assert load_model(tmp_path)[0].head[0].kernel_size == (3, 3)
+
+
 def test_unknown_preset_lists_the_presets() -> None:
-    with pytest.raises(ValueError, match="paper.*tiny"):
+    with pytest.raises(ValueError, match="cpu.*paper.*tiny"):
         build_model("huge")
 
 

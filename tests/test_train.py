@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SPIX, run_spix
+from helpers import SPIX, cli, run_spix
 from spix.pipeline.shards import iter_samples
 from spix.trainer.checkpoint import load_model
 from spix.trainer.config import train_config
@@ -93,17 +94,18 @@ def test_training_raises_the_validation_pair_auc(trained_run: Path, train_shards
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_next_epoch_and_step(train_shards: Path, tmp_path: Path) -> None:
+def test_resume_continues_at_the_next_epoch_and_step(trained_run: Path, train_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    first = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "1", *TINY, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "1", *TINY)
-    assert again.returncode == 1 and "--resume" in again.stderr
-    resumed = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "2", "--resume", *TINY, timeout=600)
+    shutil.copytree(trained_run, run)
+    again = cli("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "11", *TINY)
+    assert again.exit_code == 1 and "--resume" in again.stderr
+    resumed = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "11", "--resume", *TINY, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert [(m["epoch"], m["step"]) for m in metrics] == [(1, 6), (2, 12)]
-    assert read_jsonl(run / "events.jsonl")[0] == {**read_jsonl(run / "events.jsonl")[0], "event": "restored", "epoch": 1, "step": 6}
+    assert [(m["epoch"], m["step"]) for m in metrics] == [(e, 6 * e) for e in range(1, 12)]
+    assert metrics[:10] == read_jsonl(trained_run / "metrics.jsonl"), "the finished epochs are kept as they were"
+    events = read_jsonl(run / "events.jsonl")
+    assert events[-1] == {**events[-1], "event": "restored", "epoch": 10, "step": 60}
 
 
 TIMING = {"images_per_s", "data_wait", "seconds"}
@@ -119,11 +121,14 @@ def same_run(first: Path, second: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_restored_and_the_run_ends_as_if_nothing_happened(train_shards: Path, tmp_path: Path) -> None:
+def test_a_killed_worker_is_restored_and_the_run_ends_as_if_nothing_happened(
+    train_shards: Path, trained_run: Path, tmp_path: Path
+) -> None:
     """Restored from the last checkpoint, the run ends exactly like an uninterrupted run with the same seed:
-    the crops and their order depend on (seed, epoch, image) only, never on timing or on which process made them."""
+    the crops and their order depend on (seed, epoch, image) only, never on timing or on which process made them.
+    The uninterrupted twin is the shared 10-epoch run."""
     run = tmp_path / "run"
-    args = [*SPIX, "train", "--shards", str(train_shards), "--out", str(run), "--epochs", "4", *TINY]
+    args = [*SPIX, "train", "--shards", str(train_shards), "--out", str(run), "--epochs", "10", *TINY]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -139,41 +144,32 @@ def test_a_killed_worker_is_restored_and_the_run_ends_as_if_nothing_happened(tra
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, stderr[-3000:]
-    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == list(range(1, 11))
     assert any(e["event"] == "restored" for e in read_jsonl(run / "events.jsonl"))
-    again = tmp_path / "again"
-    result = run_spix("train", "--shards", str(train_shards), "--out", str(again), "--epochs", "4", *TINY, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    same_run(run, again)
+    same_run(run, trained_run)
 
 
 @pytest.mark.slow
-def test_one_ray_worker_trains_exactly_like_the_single_process_loop(train_shards: Path, tmp_path: Path) -> None:
-    """`spix train --workers 1` and `train_without_ray` share the plan, the crops, the step and the epoch loop."""
+def test_one_ray_worker_trains_exactly_like_the_single_process_loop_and_stops_on_time(train_shards: Path, tmp_path: Path) -> None:
+    """`spix train --workers 1` and `train_without_ray` share the plan, the crops, the step, the epoch loop and
+    the --max-minutes stop: both end cleanly after the first epoch past the limit, with the same weights."""
     run = tmp_path / "run"
-    args = ["--preset", "tiny", "--crop", "64", "--batch-size", "4", "--lr", "0.001", "--workers", "1", "--epochs", "1"]
-    result = run_spix("train", "--shards", str(train_shards), "--out", str(run), *args, timeout=600)
+    args = ["--preset", "tiny", "--crop", "64", "--batch-size", "4", "--lr", "0.001", "--workers", "1", "--epochs", "3"]
+    result = run_spix("train", "--shards", str(train_shards), "--out", str(run), *args, "--max-minutes", "0.001", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [(m["epoch"], m["step"], m["stopped_by_time"]) for m in metrics] == [(1, 12, True)]
+    assert (run / "model.pt").exists() and "stopped after epoch 1" in result.stdout
     torch.set_num_threads(1)  # a Ray Train worker holding one CPU runs torch on one thread
-    config = train_config(shards=str(train_shards), out="", workers=1, epochs=1, batch_size=4, crop=64, lr=1e-3, preset="tiny", gpu=False)
+    config = train_config(shards=str(train_shards), out="", workers=1, epochs=3, max_minutes=0.001, batch_size=4, crop=64,
+                          lr=1e-3, preset="tiny", gpu=False)
     model, counters = train_without_ray(config)
-    assert counters["steps"] == read_jsonl(run / "metrics.jsonl")[0]["step"] == 12
+    assert (counters["epochs"], counters["steps"]) == (1, 12)
     trained = torch.load(run / "model.pt", weights_only=True)
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.slow
-def test_max_minutes_stops_cleanly_after_the_first_epoch_past_the_limit(train_shards: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    result = run_spix("train", "--shards", str(train_shards), "--out", str(run), "--epochs", "5", "--max-minutes", "0.001",
-                      *TINY, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = read_jsonl(run / "metrics.jsonl")
-    assert [(m["epoch"], m["stopped_by_time"]) for m in metrics] == [(1, True)]
-    assert (run / "model.pt").exists() and "stopped after epoch 1" in result.stdout
-
-
-@pytest.mark.slow
+@pytest.mark.slow  # its shards fixture runs `spix preprocess`
 def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -189,6 +185,6 @@ def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> No
         "resume": (["--shards", str(train_shards), "--out", str(tmp_path / "new"), "--resume"], "holds no run"),
     }
     for name, (args, message) in cases.items():
-        result = run_spix("train", *args, "--preset", "tiny")
-        assert result.returncode == 1, (name, result.stderr)
+        result = cli("train", *args, "--preset", "tiny")
+        assert result.exit_code == 1, (name, result.stderr)
         assert message in result.stderr and result.stderr.strip().count("\n") == 0, (name, result.stderr)

@@ -16,6 +16,7 @@ from spix.trainer.model import FeatureExtractor
 STATE_FILE = "state.pt"  # inside every Ray Train checkpoint folder
 MODEL_FILE = "model.pt"
 MODEL_META = "model.json"
+PAPER_HEAD_KERNEL = 3  # the head of models whose model.json predates "head_kernel"
 
 
 class CheckpointError(ValueError):
@@ -64,7 +65,7 @@ def load_model(run_or_file: Path, device: str | torch.device = "cpu") -> tuple[F
     """The trained FeatureExtractor in eval mode and its metadata (preset, widths, preprocessing)."""
     weights, meta_path = find_model_files(run_or_file)
     meta = json.loads(meta_path.read_text())
-    model = FeatureExtractor(tuple(meta["widths"]), dim=meta["dim"])
+    model = FeatureExtractor(tuple(meta["widths"]), meta["dim"], meta.get("head_kernel", PAPER_HEAD_KERNEL))
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, KeyError) as exc:
@@ -85,10 +86,11 @@ def resolve_model(checkpoint: str | Path, runs_dir: Path = RUNS_DIR) -> tuple[Pa
 
 
 def model_meta(preset: str, dim: int, preprocess_params: dict[str, Any], class_names: list[str], train_config: dict[str, Any]) -> dict[str, Any]:
-    """model.json: what rebuilds the network (widths, embedding size) and how it was made."""
+    """model.json: what rebuilds the network (widths, head kernel, embedding size) and how it was made."""
     return {
         "preset": preset,
-        "widths": list(PRESETS[preset]),
+        "widths": list(PRESETS[preset].widths),
+        "head_kernel": PRESETS[preset].head_kernel,
         "dim": dim,
         "preprocess": preprocess_params,
         "class_names": class_names,

@@ -162,7 +162,7 @@ def validate(
         valid = sample.sp_purity >= min_purity
         value, _ = superpixel_npair_loss(
             torch.from_numpy(emb)[None], torch.from_numpy(sample.sp_label.astype(np.int64))[None],
-            torch.from_numpy(sample.sp_purity)[None], torch.ones(1, len(emb), dtype=torch.bool), min_purity,
+            torch.tensor(sample.sp_purity)[None], torch.ones(1, len(emb), dtype=torch.bool), min_purity,  # a copy: Arrow's arrays are read-only
         )
         s, p = image_pair_scores(emb, sample.sp_label, valid, max_pairs_per_image, pair_rng(seed, sample.image_id))
         moments = moments or EmbeddingMoments(emb.shape[1])

@@ -2,7 +2,7 @@
 
 Layout (seed/architecture.png, DESIGN.md "Model"): 1x1 conv stem, three stages of two residual units,
 a 1x1 conv-BN-ReLU changing the width after each stage, 3x3/2 max-pooling between stages, the three
-stage outputs upsampled to full resolution and concatenated, then a 3x3 conv + BN to `dim` channels.
+stage outputs upsampled to full resolution and concatenated, then a 3x3 conv + BN to `dim` channels (a 1x1 conv in the CPU preset).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Stage(nn.Module):
 class FeatureExtractor(nn.Module):
     """Image (B, 3, H, W) -> per-pixel embedding (B, dim, H, W), for any H, W >= 1."""
 
-    def __init__(self, widths: tuple[int, int, int], dim: int = 128):
+    def __init__(self, widths: tuple[int, int, int], dim: int, head_kernel: int):
         super().__init__()
         c1, c2, c3 = widths
         self.stem = conv_bn_relu(3, c1, 1)
@@ -76,7 +76,7 @@ class FeatureExtractor(nn.Module):
         # padding=1 makes the output ceil(H/2) x ceil(W/2): never empty, whatever the input size.
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.head = nn.Sequential(
-            nn.Conv2d(c1 + c2 + c3, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim)
+            nn.Conv2d(c1 + c2 + c3, dim, head_kernel, padding=head_kernel // 2, bias=False), nn.BatchNorm2d(dim)
         )
         nn.init.constant_(self.head[1].weight, HEAD_INIT_SCALE)
 
@@ -95,10 +95,10 @@ class FeatureExtractor(nn.Module):
 
 
 def build_model(preset: str, dim: int = 128) -> FeatureExtractor:
-    """The feature extractor of a named width preset (see PRESETS)."""
+    """The feature extractor of a named preset (see PRESETS)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return FeatureExtractor(PRESETS[preset], dim)
+    return FeatureExtractor(PRESETS[preset].widths, dim, PRESETS[preset].head_kernel)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
