@@ -133,23 +133,6 @@ def number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def table_rows(results: dict[str, tuple[dict[str, float], dict]]) -> list[list[str]]:
-    """One row per loss, then the untrained network and the colour baseline (metrics only)."""
-    rows = []
-    for loss, (counters, metrics) in results.items():
-        trained = metrics["feature_sets"]["trained"]
-        rows.append([
-            f"{loss} loss", str(counters["steps"]), f"{counters['seconds'] / max(counters['steps'], 1):.3f}",
-            f"{counters['peak_bytes'] / 2**20:.0f}",
-            *(number(trained[key]) for key in METRICS),
-        ])
-    metrics = next(iter(results.values()))[1]
-    for name, title in (("untrained", "untrained network"), ("baseline", "colour + position")):
-        scores = metrics["feature_sets"][name]
-        rows.append([title, "", "", "", *(number(scores[key]) for key in METRICS)])
-    return rows
-
-
 def spread(values: list[float], digits: int = 3) -> str:
     """mean ± sample standard deviation (the value alone for one seed)."""
     if len(values) == 1:
@@ -158,7 +141,8 @@ def spread(values: list[float], digits: int = 3) -> str:
 
 
 def summary_rows(by_seed: dict[int, dict[str, tuple[dict[str, float], dict]]]) -> list[list[str]]:
-    """Mean ± spread over seeds: one row per loss, then the untrained network and the colour baseline."""
+    """Mean ± spread over seeds (the values themselves for one seed): one row per loss, then the untrained
+    network and the colour baseline."""
     seeds = list(by_seed.values())
     rows = []
     for loss in LOSSES:
@@ -198,7 +182,7 @@ def main() -> None:
     asa = [next(iter(r.values()))[1]["asa"] for r in by_seed.values()]
     parts = [markdown(summary_rows(by_seed), f"ASA (ceiling of pixel accuracy): {spread(asa)}",
                       f"{settings}; mean ± standard deviation over seeds {args.seeds}")]
-    parts += [markdown(table_rows(results), f"ASA: {number(next(iter(results.values()))[1]['asa'])}", f"seed {seed}")
+    parts += [markdown(summary_rows({seed: results}), f"ASA: {number(next(iter(results.values()))[1]['asa'])}", f"seed {seed}")
               for seed, results in by_seed.items()]
     text = "\n".join(parts)
     (args.work / "comparison.md").write_text(text)

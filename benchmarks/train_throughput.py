@@ -10,6 +10,11 @@
     throughput approaches min(data path, batch / wait); without overlap it would be
     1 / (1 / data path + wait / batch).
 Also (c) with --nondeterministic: the cost of keeping the planned order.
+(e) `spix train` as in (c) for 3x the epochs (a stream that stays live), with and without spix's pause
+    between idle steps of Ray Data's scheduling loop (trainer/feed.py, pause_when_idle).
+(f) the step alone (one thread) on the same crops with their superpixel columns padded to the run's
+    slots (the most superpixels of any image, as before `trim_slots`) and trimmed to each batch's
+    largest crop, for the superpixel loss and its superpixel-batch variant.
 
 Run: python benchmarks/train_throughput.py [--images 96] [--epochs 3] [--preset tiny] [--crop 128]
      [--batch-size 4] [--workers 1] [--gpu]
@@ -33,9 +38,9 @@ import torch
 from spix.pipeline.shards import list_row_groups, read_manifest
 from spix.pipeline.toydata import make_toy_dataset
 from spix.trainer.config import TrainConfig, train_config
-from spix.trainer.data import crop_task
+from spix.trainer.data import Batch, crop_task
 from spix.trainer.distributed import read_metrics, run_training
-from spix.trainer.feed import crop_settings, local_batches, stream_batches, training_plan
+from spix.trainer.feed import crop_settings, local_batches, rebatch, stream_batches, training_plan
 from spix.trainer.loop import step_function
 from spix.trainer.model import build_model
 
@@ -48,13 +53,18 @@ def prepare_shards(base: Path, images: int, min_side: int, max_side: int) -> Pat
     return base / "shards"
 
 
-def step_alone(config: TrainConfig, device: torch.device, threads: int, steps: int) -> float:
-    """(a) images/s of spix's training step on batches made beforehand and already on the device."""
+def step_alone(config: TrainConfig, device: torch.device, threads: int, steps: int, padded: bool = False) -> float:
+    """(a) images/s of spix's training step on batches made beforehand and already on the device;
+    (f) with `padded`, their superpixel columns left at the run's slots instead of trimmed."""
     torch.set_num_threads(threads)
     groups = list_row_groups(config.shards, "training")
     plan = training_plan(config, groups, workers=1)
     settings = crop_settings(config, groups, read_manifest(config.shards))
-    batches = list(local_batches(plan.tasks(0, 0), settings, config.batch_size, device))[: steps + 2]
+    if padded:
+        chunks = (crop_task(t.epoch, t.groups, t.rows, settings) for t in plan.tasks(0, 0))
+        batches = [Batch.from_columns(columns, device) for columns in rebatch(chunks, config.batch_size)][: steps + 2]
+    else:
+        batches = list(local_batches(plan.tasks(0, 0), settings, config.batch_size, device))[: steps + 2]
     torch.manual_seed(0)
     model = build_model(config.preset).to(device)
     if device.type == "cuda":
@@ -125,9 +135,9 @@ def sleeping_step(wait_s: float):
     return make
 
 
-def train_end_to_end(config: TrainConfig, run: Path, make_step=step_function) -> tuple[float, float]:
-    """(c)/(d) images/s and data-wait share of `spix train`, mean over the epochs after the first."""
-    run_training(replace(config, out=str(run)), make_step=make_step)
+def train_end_to_end(config: TrainConfig, run: Path, make_step=step_function, pause_idle: bool = True) -> tuple[float, float]:
+    """(c)/(d)/(e) images/s and data-wait share of `spix train`, mean over the epochs after the first."""
+    run_training(replace(config, out=str(run)), make_step=make_step, pause_idle=pause_idle)
     steady = read_metrics(run)[1:] or read_metrics(run)
     return (sum(m["images_per_s"] for m in steady) / len(steady), sum(m["data_wait"] for m in steady) / len(steady))
 
@@ -162,6 +172,13 @@ def main() -> None:
         results["stream_all_cpus"] = stream_alone(config, device, cores)
         results["train"], results["train_wait"] = train_end_to_end(config, base / "run")
         results["train_nondeterministic"], _ = train_end_to_end(replace(config, deterministic=False), base / "run_nd")
+        longer = replace(config, epochs=3 * config.epochs)
+        results["train_long_paused"], _ = train_end_to_end(longer, base / "run_paused")
+        results["train_long_spinning"], _ = train_end_to_end(longer, base / "run_spinning", pause_idle=False)
+        for loss in ("superpixel", "superpixel-batch"):
+            for padded in (True, False):
+                results[f"step_{loss}_{'padded' if padded else 'trimmed'}"] = step_alone(
+                    replace(config, loss=loss), device, 1, steps=12, padded=padded)
         if not gpu:
             data_rate = results["crops_one_process"] * max(1, cores - config.workers)
             for label, factor in (("fast", 2.0), ("slow", 0.5)):
@@ -197,6 +214,12 @@ def report(config: TrainConfig, cores: int, r: dict[str, float], gpu: bool) -> N
             print(f"(d) step = sleep {wait * 1e3:.0f} ms ({config.batch_size / wait:.1f} images/s): {rate:8.1f} images/s, "
                   f"data wait {100 * r[f'wait_{label}_data_wait']:.0f}%; with overlap -> {overlap:.1f}, "
                   f"in series -> {serial:.1f}; measured / overlap = {rate / overlap:.2f}")
+    print(f"(e) spix train, {3 * config.epochs} epochs: {r['train_long_paused']:8.1f} images/s with the idle pause, "
+          f"{r['train_long_spinning']:8.1f} without: {r['train_long_paused'] / r['train_long_spinning']:.2f}x")
+    for loss in ("superpixel", "superpixel-batch"):
+        padded, trimmed = r[f"step_{loss}_padded"], r[f"step_{loss}_trimmed"]
+        print(f"(f) step alone, 1 thread, --loss {loss}: {padded:8.1f} images/s padded to the run's slots, "
+              f"{trimmed:8.1f} trimmed: {trimmed / padded:.2f}x")
     print(json.dumps(r))
 
 

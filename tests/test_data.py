@@ -8,7 +8,8 @@ import torch
 
 from spix.pipeline.shards import iter_rows, list_row_groups, read_manifest
 from spix.trainer.config import train_config
-from spix.trainer.data import crop_row, crop_task, random_crop, stack_crops
+from spix.trainer.data import crop_row, crop_task, random_crop, stack_crops, trim_slots
+from spix.trainer import feed
 from spix.trainer.feed import crop_settings, local_batches, rebatch, training_plan
 
 HEIGHT, WIDTH, CROP = 200, 240, 48
@@ -138,6 +139,23 @@ def test_columns_are_padded_to_the_run_slots_and_overflow_is_refused() -> None:
         np.testing.assert_array_equal(columns["superpixels"][index], crop.superpixels)
     with pytest.raises(ValueError, match="slots"):
         stack_crops(crops, max(len(c.sp_label) for c in crops) - 1, keys=[0, 1, 2])
+    trimmed = trim_slots(columns)
+    most = max(len(c.sp_label) for c in crops)
+    assert trimmed["sp_label"].shape == trimmed["sp_purity"].shape == (3, most) and most < 30
+    np.testing.assert_array_equal(trimmed["sp_label"], columns["sp_label"][:, :most])
+    np.testing.assert_array_equal(trimmed["sp_purity"], columns["sp_purity"][:, :most])
+    assert trimmed["images"] is columns["images"] and trimmed["superpixels"] is columns["superpixels"]
+
+
+def test_the_stream_scheduler_pauses_only_after_a_step_that_did_not_wait(monkeypatch) -> None:
+    clock, sleeps = [100.0], []
+    monkeypatch.setattr(feed.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(feed.time, "sleep", sleeps.append)
+    callback = feed.pause_when_idle()()
+    for gap in (0.5, 0.0001, 0.05, feed.IDLE_STEP_S / 2, feed.IDLE_STEP_S * 2):  # seconds since the last step
+        clock[0] += gap
+        callback.on_execution_step(executor=None)
+    assert sleeps == [feed.IDLE_PAUSE_S, feed.IDLE_PAUSE_S], "a pause after each of the two quick steps only"
 
 
 def test_rebatch_cuts_chunks_of_any_length_into_batches_in_order() -> None:
@@ -167,4 +185,6 @@ def test_crop_tasks_crop_the_planned_rows_in_order(toy_shards) -> None:
         np.testing.assert_array_equal(first["superpixels"][index], expected.superpixels)
     images = torch.cat([b.images for b in batches])
     np.testing.assert_array_equal(images[: len(tasks[0].rows)].numpy(), first["images"])
-    assert all(b.sp_label.shape[1] == settings.slots for b in batches)
+    for batch in batches:  # slots cut to the batch's largest crop, which is smaller than a whole image
+        most = max(len(np.unique(crop)) for crop in batch.superpixels.numpy())
+        assert batch.sp_label.shape[1] == most < settings.slots and batch.sp_label[:, most - 1].any()

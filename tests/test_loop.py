@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from spix.pipeline.shards import iter_samples
-from spix.trainer.config import train_config
+from spix.trainer.config import LossConfig, train_config
 from spix.trainer.data import Batch
-from spix.trainer.loop import FINAL_LR_FRACTION, learning_rate, out_of_time, planned_steps, run_epoch, validate
-from spix.trainer.model import build_model
+from spix.trainer.losses import superpixel_npair_loss
+from spix.trainer.loop import FINAL_LR_FRACTION, compute_loss, learning_rate, out_of_time, planned_steps, run_epoch, validate
+from spix.trainer.model import build_model, normalize_images
+from spix.trainer.pooling import superpixel_pool
 
 CONFIG = train_config(shards="", out="", lr=0.01, epochs=10, schedule="cosine", warmup_steps=4, max_minutes=0.0)
 
@@ -74,6 +76,18 @@ def test_run_epoch_sums_the_step_statistics_and_measures_the_wait_for_data() -> 
     assert (totals.loss_sum, totals.pos_dist_sum, totals.neg_dist_sum) == (4.0, 8.0, 8.0)
     assert rates == pytest.approx([1.0, 1.1, 1.2, 1.3]), "the rate of each global step, set before it"
     assert 0.2 <= totals.data_wait_s <= totals.seconds and totals.peak_memory_bytes == 0
+
+
+@pytest.mark.parametrize("name, across_images", [("superpixel", False), ("superpixel-batch", True)])
+def test_compute_loss_pairs_across_images_only_in_the_batch_variant(name: str, across_images: bool) -> None:
+    torch.manual_seed(0)
+    model, batch = build_model("tiny", dim=4), tiny_batch(3)
+    pooled, mask = superpixel_pool(model(normalize_images(batch.images)), batch.superpixels, 16)
+    loss, stats = compute_loss(model, batch, LossConfig(name, pixel_samples=0, min_purity=0.5))
+    expected, expected_stats = superpixel_npair_loss(pooled, batch.sp_label, batch.sp_purity, mask, 0.5, across_images)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # 2 images x 16 superpixels, labels 1..3 (6, 5, 5 per image): ordered same-label pairs
+    assert stats["pos_pairs"].item() == (2 * (30 + 20 + 20) if not across_images else 12 * 11 + 10 * 9 + 10 * 9)
 
 
 @pytest.mark.slow

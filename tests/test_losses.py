@@ -17,21 +17,24 @@ from spix.trainer.model import build_model
 from spix.trainer.pooling import superpixel_pool
 
 
-def brute_force(emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-    """DESIGN.md read literally: ordered pairs i != j of valid items of one image, plain Python."""
+def brute_force(
+    emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, across_images: bool = False
+) -> dict[str, float]:
+    """DESIGN.md read literally: ordered pairs i != j of valid items of one image, plain Python; with
+    across_images, every ordered pair of distinct valid items of the batch (the superpixel-batch loss)."""
     pos, neg, pos_d, neg_d = [], [], [], []
-    for b in range(emb.shape[0]):
-        for i in range(emb.shape[1]):
-            for j in range(emb.shape[1]):
-                if i == j or not (valid[b, i] and valid[b, j]):
-                    continue
-                d = min(sum((float(x) - float(y)) ** 2 for x, y in zip(emb[b, i], emb[b, j])), 50.0)
-                if labels[b, i] == labels[b, j]:
-                    pos.append(math.log((1 + math.exp(d)) / 2))
-                    pos_d.append(d)
-                else:
-                    neg.append(math.log(1 + math.exp(-d) / 2))
-                    neg_d.append(d)
+    items = [(b, i) for b in range(emb.shape[0]) for i in range(emb.shape[1]) if valid[b, i]]
+    for b, i in items:
+        for c, j in items:
+            if (b, i) == (c, j) or (b != c and not across_images):
+                continue
+            d = min(sum((float(x) - float(y)) ** 2 for x, y in zip(emb[b, i], emb[c, j])), 50.0)
+            if labels[b, i] == labels[c, j]:
+                pos.append(math.log((1 + math.exp(d)) / 2))
+                pos_d.append(d)
+            else:
+                neg.append(math.log(1 + math.exp(-d) / 2))
+                neg_d.append(d)
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else 0.0
@@ -81,6 +84,17 @@ def test_superpixel_loss_matches_brute_force() -> None:
     expected = brute_force(emb, labels, valid)
     assert expected["pos_pairs"] == 2 * (2 + 3 + 1)  # ordered; image 0: {0,5} {2,4}; image 1: {0,1,2} {3,5}
     assert_matches(loss, stats, expected)
+
+
+def test_superpixel_batch_loss_also_pairs_superpixels_of_different_images() -> None:
+    emb, labels, purity, mask = superpixel_batch()
+    loss, stats = superpixel_npair_loss(emb, labels, purity, mask, across_images=True)
+    expected = brute_force(emb, labels, mask & (labels != 0) & (purity >= 0.5), across_images=True)
+    # 15 valid superpixels; per label over the batch 1: 3, 2: 3, 3: 2, 4: 4, 5: 3 -> 3+3+1+6+3 = 16 pairs
+    assert (expected["pos_pairs"], expected["neg_pairs"]) == (2 * 16, 15 * 14 - 2 * 16)
+    assert_matches(loss, stats, expected)
+    one = superpixel_npair_loss(emb[:1], labels[:1], purity[:1], mask[:1], across_images=True)
+    assert_matches(*one, brute_force(emb[:1], labels[:1], mask[:1] & (labels[:1] != 0) & (purity[:1] >= 0.5)))
 
 
 def test_min_purity_changes_which_superpixels_count() -> None:

@@ -38,7 +38,7 @@ GPU_PRESET = "paper"  # what preset "auto" trains on GPUs
 CPU_PRESET = "cpu"  # ... and on CPUs: a model that learns within minutes there
 GPU_CROP = 224  # what crop 0 ("auto") means on GPUs: the paper's
 CPU_CROP = 128  # ... and on CPUs, where a 224 crop costs 4-5x the time of a 128 one (README, "How good are the features")
-LOSSES = ("superpixel", "pixel")
+LOSSES = ("superpixel", "superpixel-batch", "pixel")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class TrainConfig:
     warmup_steps: int  # linear warm-up from 0 to lr
     weight_decay: float
     preset: str  # model size (PRESETS)
-    loss: str  # "superpixel" or "pixel" (trainer.losses.LOSSES)
+    loss: str  # one of LOSSES
     pixel_samples: int  # pixels sampled per image by the pixel loss
     min_purity: float  # superpixels below this label purity take no part in the loss
     crop: int  # side of the square training crop

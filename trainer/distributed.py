@@ -128,6 +128,7 @@ def train_worker(config_dict: dict[str, Any]) -> None:
     settings = crop_settings(config, config_dict["groups"], config_dict["manifest"])
     batches = ray_batches(
         plan, rank, finished_epochs, config.epochs, settings, device, config.prefetch_batches, config.deterministic,
+        config_dict["pause_idle"],
     )
     train_step = config_dict["make_step"](config, device, rank)
     horizon = config.epochs * plan.steps_per_epoch
@@ -237,11 +238,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def run_training(
     config: TrainConfig, address: str = "", resume: bool = False, on_epoch: Callable[[dict[str, Any]], None] = lambda metrics: None,
-    make_step: Callable[[TrainConfig, torch.device, int], StepFn] = step_function,
+    make_step: Callable[[TrainConfig, torch.device, int], StepFn] = step_function, pause_idle: bool = True,
 ) -> Path:
     """Driver: check input, start Ray, fit with TorchTrainer, write RUN/model.pt and RUN/model.json.
 
-    `make_step(config, device, rank)` builds each worker's training step; benchmarks swap in a stand-in.
+    `make_step(config, device, rank)` builds each worker's training step; benchmarks swap in a stand-in,
+    and turn off `pause_idle` (feed.stream_batches) to measure what it buys.
     """
     import threading
 
@@ -262,7 +264,8 @@ def run_training(
     init_ray(address, num_cpus=local_cpus(config))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": asdict(config), "groups": groups, "manifest": manifest, "make_step": make_step},
+        train_loop_config={"train": asdict(config), "groups": groups, "manifest": manifest, "make_step": make_step,
+                           "pause_idle": pause_idle},
         torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpu, resources_per_worker=worker_resources(config)),
         run_config=RunConfig(

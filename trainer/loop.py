@@ -34,12 +34,15 @@ TRAINING_PAIRS_PER_IMAGE = 2000  # superpixel pairs per image behind the pair AU
 
 
 def compute_loss(model: nn.Module, batch: Batch, loss: LossConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Forward the batch and apply the superpixel loss or the pixel-sampled baseline."""
+    """Forward the batch and apply the superpixel loss (within images or across the batch) or the
+    pixel-sampled baseline."""
     features = model(normalize_images(batch.images))
     if loss.name == "pixel":
         return pixel_npair_loss(features, batch.labels, loss.pixel_samples, generator)
     pooled, mask = superpixel_pool(features, batch.superpixels, batch.sp_label.shape[1])
-    return superpixel_npair_loss(pooled, batch.sp_label, batch.sp_purity, mask, loss.min_purity)
+    return superpixel_npair_loss(
+        pooled, batch.sp_label, batch.sp_purity, mask, loss.min_purity, across_images=loss.name == "superpixel-batch"
+    )
 
 
 def train_step(

@@ -1,7 +1,8 @@
 """The modified N-pair loss (DESIGN.md) on superpixel embeddings, and the paper's pixel-sampling baseline.
 
-Both losses reduce to one pairwise computation over a padded (B, N, D) set of embeddings with a
-validity mask: pairs (i, j), i != j, of valid items of the same image. Pairs are ordered, so every
+All losses reduce to one pairwise computation over a padded (B, N, D) set of embeddings with a
+validity mask: pairs (i, j), i != j, of valid items of the same image (of the whole batch in the
+superpixel-batch variant). Pairs are ordered, so every
 unordered pair is counted twice; the means are unaffected and the counts reported are ordered counts.
 """
 
@@ -75,6 +76,7 @@ def superpixel_npair_loss(
     purity: torch.Tensor,
     mask: torch.Tensor,
     min_purity: float = 0.5,
+    across_images: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The modified N-pair loss over superpixels (B, S, D) from superpixel_pool.
 
@@ -82,8 +84,15 @@ def superpixel_npair_loss(
     covers at least min_purity of it. Returns the loss and detached statistics: "pos_dist",
     "neg_dist" (mean clamped squared distance of positive / negative pairs) and "pos_pairs",
     "neg_pairs" (ordered pair counts).
+
+    across_images=True is the named variant `--loss superpixel-batch`, not DESIGN.md's loss: the batch
+    counts as one image, so two superpixels of different images with the same label are a positive
+    pair too. The within-image loss never compares images, so nothing makes a class's embedding agree
+    from one image to the next, which is what a classifier or a search across images needs.
     """
     valid = mask & (labels != 0) & (purity >= min_purity)
+    if across_images:
+        emb, labels, valid = emb.reshape(1, -1, emb.shape[-1]), labels.reshape(1, -1), valid.reshape(1, -1)
     return pairwise_npair_loss(emb, labels, valid)
 
 
