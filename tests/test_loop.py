@@ -78,16 +78,16 @@ def test_run_epoch_sums_the_step_statistics_and_measures_the_wait_for_data() -> 
     assert 0.2 <= totals.data_wait_s <= totals.seconds and totals.peak_memory_bytes == 0
 
 
-@pytest.mark.parametrize("name, across_images", [("superpixel", False), ("superpixel-batch", True)])
-def test_compute_loss_pairs_across_images_only_in_the_batch_variant(name: str, across_images: bool) -> None:
+@pytest.mark.parametrize("name, pairs", [("superpixel", "image"), ("superpixel-batch", "batch"), ("superpixel-both", "both")])
+def test_compute_loss_pairs_across_images_only_in_the_named_variants(name: str, pairs: str) -> None:
     torch.manual_seed(0)
     model, batch = build_model("tiny", dim=4), tiny_batch(3)
     pooled, mask = superpixel_pool(model(normalize_images(batch.images)), batch.superpixels, 16)
     loss, stats = compute_loss(model, batch, LossConfig(name, pixel_samples=0, min_purity=0.5))
-    expected, expected_stats = superpixel_npair_loss(pooled, batch.sp_label, batch.sp_purity, mask, 0.5, across_images)
+    expected, _ = superpixel_npair_loss(pooled, batch.sp_label, batch.sp_purity, mask, 0.5, pairs)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # 2 images x 16 superpixels, labels 1..3 (6, 5, 5 per image): ordered same-label pairs
-    assert stats["pos_pairs"].item() == (2 * (30 + 20 + 20) if not across_images else 12 * 11 + 10 * 9 + 10 * 9)
+    assert stats["pos_pairs"].item() == (2 * (30 + 20 + 20) if pairs == "image" else 12 * 11 + 10 * 9 + 10 * 9)
 
 
 @pytest.mark.slow

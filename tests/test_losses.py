@@ -17,16 +17,15 @@ from spix.trainer.model import build_model
 from spix.trainer.pooling import superpixel_pool
 
 
-def brute_force(
-    emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, across_images: bool = False
-) -> dict[str, float]:
+def brute_force(emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, pairs: str = "image") -> dict[str, float]:
     """DESIGN.md read literally: ordered pairs i != j of valid items of one image, plain Python; with
-    across_images, every ordered pair of distinct valid items of the batch (the superpixel-batch loss)."""
+    pairs "batch" every ordered pair of distinct valid items of the batch (the superpixel-batch loss),
+    with "across" only those of two different images."""
     pos, neg, pos_d, neg_d = [], [], [], []
     items = [(b, i) for b in range(emb.shape[0]) for i in range(emb.shape[1]) if valid[b, i]]
     for b, i in items:
         for c, j in items:
-            if (b, i) == (c, j) or (b != c and not across_images):
+            if (b, i) == (c, j) or (b != c and pairs == "image") or (b == c and pairs == "across"):
                 continue
             d = min(sum((float(x) - float(y)) ** 2 for x, y in zip(emb[b, i], emb[c, j])), 50.0)
             if labels[b, i] == labels[c, j]:
@@ -88,13 +87,28 @@ def test_superpixel_loss_matches_brute_force() -> None:
 
 def test_superpixel_batch_loss_also_pairs_superpixels_of_different_images() -> None:
     emb, labels, purity, mask = superpixel_batch()
-    loss, stats = superpixel_npair_loss(emb, labels, purity, mask, across_images=True)
-    expected = brute_force(emb, labels, mask & (labels != 0) & (purity >= 0.5), across_images=True)
+    valid = mask & (labels != 0) & (purity >= 0.5)
+    loss, stats = superpixel_npair_loss(emb, labels, purity, mask, pairs="batch")
+    expected = brute_force(emb, labels, valid, pairs="batch")
     # 15 valid superpixels; per label over the batch 1: 3, 2: 3, 3: 2, 4: 4, 5: 3 -> 3+3+1+6+3 = 16 pairs
     assert (expected["pos_pairs"], expected["neg_pairs"]) == (2 * 16, 15 * 14 - 2 * 16)
     assert_matches(loss, stats, expected)
-    one = superpixel_npair_loss(emb[:1], labels[:1], purity[:1], mask[:1], across_images=True)
-    assert_matches(*one, brute_force(emb[:1], labels[:1], mask[:1] & (labels[:1] != 0) & (purity[:1] >= 0.5)))
+    for variant in ("batch", "both"):  # one image: nothing to pair across, DESIGN.md's loss
+        one = superpixel_npair_loss(emb[:1], labels[:1], purity[:1], mask[:1], pairs=variant)
+        assert_matches(*one, brute_force(emb[:1], labels[:1], valid[:1]))
+
+
+def test_superpixel_both_loss_sums_a_within_image_and_an_across_image_term() -> None:
+    emb, labels, purity, mask = superpixel_batch()
+    valid = mask & (labels != 0) & (purity >= 0.5)
+    loss, stats = superpixel_npair_loss(emb, labels, purity, mask, pairs="both")
+    within, across = brute_force(emb, labels, valid), brute_force(emb, labels, valid, pairs="across")
+    assert within["pos_pairs"] + across["pos_pairs"] == 2 * 16 and across["pos_pairs"] == 2 * (16 - 6)
+    assert loss.item() == pytest.approx(within["loss"] + across["loss"], rel=1e-4, abs=1e-5)
+    everything = brute_force(emb, labels, valid, pairs="batch")  # the statistics cover every pair of the batch
+    for key in ("pos_dist", "neg_dist"):
+        assert stats[key].item() == pytest.approx(everything[key], rel=1e-4, abs=1e-4)
+    assert (stats["pos_pairs"].item(), stats["neg_pairs"].item()) == (everything["pos_pairs"], everything["neg_pairs"])
 
 
 def test_min_purity_changes_which_superpixels_count() -> None:

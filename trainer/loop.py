@@ -22,7 +22,7 @@ from spix.pipeline.shards import Sample, list_row_groups, read_manifest
 from spix.trainer.data import Batch
 from spix.trainer.embedding import EmbeddingMoments, embed_superpixels
 from spix.trainer.feed import crop_settings, local_batches, training_plan
-from spix.trainer.config import LossConfig, TrainConfig
+from spix.trainer.config import SUPERPIXEL_PAIRS, LossConfig, TrainConfig
 from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.metrics import image_pair_scores
 from spix.trainer.model import autocast, build_model, normalize_images
@@ -41,7 +41,7 @@ def compute_loss(model: nn.Module, batch: Batch, loss: LossConfig, generator: to
         return pixel_npair_loss(features, batch.labels, loss.pixel_samples, generator)
     pooled, mask = superpixel_pool(features, batch.superpixels, batch.sp_label.shape[1])
     return superpixel_npair_loss(
-        pooled, batch.sp_label, batch.sp_purity, mask, loss.min_purity, across_images=loss.name == "superpixel-batch"
+        pooled, batch.sp_label, batch.sp_purity, mask, loss.min_purity, pairs=SUPERPIXEL_PAIRS[loss.name]
     )
 
 

@@ -2,7 +2,7 @@
 
 All losses reduce to one pairwise computation over a padded (B, N, D) set of embeddings with a
 validity mask: pairs (i, j), i != j, of valid items of the same image (of the whole batch in the
-superpixel-batch variant). Pairs are ordered, so every
+superpixel-batch and superpixel-both variants). Pairs are ordered, so every
 unordered pair is counted twice; the means are unaffected and the counts reported are ordered counts.
 """
 
@@ -44,12 +44,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_npair_loss(
-    emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+    emb: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, image: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """mean(l_pos over positive pairs) + mean(l_neg over negative pairs) of valid items, per image.
 
-    emb (B, N, D), labels (B, N), valid (B, N) bool. Computed in float32 with autocast off: the
-    distance of two bf16 embeddings of norm ~10 would otherwise be off by whole units.
+    emb (B, N, D), labels (B, N), valid (B, N) bool. With `image` (B, N), the source image of each item,
+    pairs from one image and pairs from two images each get their own two means, and the loss is the sum
+    of both (the superpixel-both loss). Computed in float32 with autocast off: the distance of two bf16
+    embeddings of norm ~10 would otherwise be off by whole units.
     """
     with torch.autocast(device_type=emb.device.type, enabled=False):
         d = squared_distances(emb.float())
@@ -59,7 +61,8 @@ def pairwise_npair_loss(
         same = labels[:, :, None] == labels[:, None, :]
         positive, negative = pairs & same, pairs & ~same
         l_pos, l_neg = pair_losses(d)
-        loss = masked_mean(l_pos, positive) + masked_mean(l_neg, negative)
+        parts = [pairs] if image is None else [image[:, :, None] == image[:, None, :], image[:, :, None] != image[:, None, :]]
+        loss = sum(masked_mean(l_pos, positive & part) + masked_mean(l_neg, negative & part) for part in parts)
         detached = d.detach()
         stats = {
             "pos_dist": masked_mean(detached, positive),
@@ -76,7 +79,7 @@ def superpixel_npair_loss(
     purity: torch.Tensor,
     mask: torch.Tensor,
     min_purity: float = 0.5,
-    across_images: bool = False,
+    pairs: str = "image",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The modified N-pair loss over superpixels (B, S, D) from superpixel_pool.
 
@@ -85,15 +88,19 @@ def superpixel_npair_loss(
     "neg_dist" (mean clamped squared distance of positive / negative pairs) and "pos_pairs",
     "neg_pairs" (ordered pair counts).
 
-    across_images=True is the named variant `--loss superpixel-batch`, not DESIGN.md's loss: the batch
-    counts as one image, so two superpixels of different images with the same label are a positive
-    pair too. The within-image loss never compares images, so nothing makes a class's embedding agree
-    from one image to the next, which is what a classifier or a search across images needs.
+    `pairs` = "image" is DESIGN.md's loss. The within-image loss never compares images, so nothing makes
+    a class's embedding agree from one image to the next, which is what a classifier or a search across
+    images needs; two named variants add pairs across images: "batch" (`--loss superpixel-batch`) counts
+    the batch as one image, so superpixels of different images with the same label are positive pairs
+    too, and within-image pairs become a small share; "both" (`--loss superpixel-both`) gives the
+    within-image pairs and the across-image pairs a term each.
     """
     valid = mask & (labels != 0) & (purity >= min_purity)
-    if across_images:
-        emb, labels, valid = emb.reshape(1, -1, emb.shape[-1]), labels.reshape(1, -1), valid.reshape(1, -1)
-    return pairwise_npair_loss(emb, labels, valid)
+    if pairs == "image":
+        return pairwise_npair_loss(emb, labels, valid)
+    image = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels).reshape(1, -1)
+    emb, labels, valid = emb.reshape(1, -1, emb.shape[-1]), labels.reshape(1, -1), valid.reshape(1, -1)
+    return pairwise_npair_loss(emb, labels, valid, image if pairs == "both" else None)
 
 
 def sample_labelled_pixels(
