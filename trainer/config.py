@@ -38,8 +38,9 @@ GPU_PRESET = "paper"  # what preset "auto" trains on GPUs
 CPU_PRESET = "cpu"  # ... and on CPUs: a model that learns within minutes there
 GPU_CROP = 224  # what crop 0 ("auto") means on GPUs: the paper's
 CPU_CROP = 128  # ... and on CPUs, where a 224 crop costs 4-5x the time of a 128 one (README, "How good are the features")
-LOSSES = ("superpixel", "superpixel-batch", "superpixel-both", "pixel")
-SUPERPIXEL_PAIRS = {"superpixel": "image", "superpixel-batch": "batch", "superpixel-both": "both"}  # losses.superpixel_npair_loss
+# The superpixel losses and the pairs each takes (losses.superpixel_npair_loss); then the pixel baseline.
+SUPERPIXEL_PAIRS = {"superpixel": "image", "superpixel-batch": "batch", "superpixel-both": "both"}
+LOSSES = (*SUPERPIXEL_PAIRS, "pixel")
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,11 @@ def pairwise_npair_loss(
         same = labels[:, :, None] == labels[:, None, :]
         positive, negative = pairs & same, pairs & ~same
         l_pos, l_neg = pair_losses(d)
-        parts = [pairs] if image is None else [image[:, :, None] == image[:, None, :], image[:, :, None] != image[:, None, :]]
-        loss = sum(masked_mean(l_pos, positive & part) + masked_mean(l_neg, negative & part) for part in parts)
+        if image is None:
+            loss = masked_mean(l_pos, positive) + masked_mean(l_neg, negative)
+        else:
+            same_image = image[:, :, None] == image[:, None, :]
+            loss = sum(masked_mean(l_pos, positive & part) + masked_mean(l_neg, negative & part) for part in (same_image, ~same_image))
         detached = d.detach()
         stats = {
             "pos_dist": masked_mean(detached, positive),
@@ -98,9 +101,11 @@ def superpixel_npair_loss(
     valid = mask & (labels != 0) & (purity >= min_purity)
     if pairs == "image":
         return pairwise_npair_loss(emb, labels, valid)
-    image = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels).reshape(1, -1)
+    image = None
+    if pairs == "both":
+        image = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels).reshape(1, -1)
     emb, labels, valid = emb.reshape(1, -1, emb.shape[-1]), labels.reshape(1, -1), valid.reshape(1, -1)
-    return pairwise_npair_loss(emb, labels, valid, image if pairs == "both" else None)
+    return pairwise_npair_loss(emb, labels, valid, image)
 
 
 def sample_labelled_pixels(
