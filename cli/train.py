@@ -28,9 +28,10 @@ def train(
     schedule: str | None = flag(S, "schedule", "Learning-rate schedule after the warm-up: cosine (down to 2% of --lr at the end of the run) or constant."),
     warmup_steps: int | None = flag(S, "warmup_steps", "Steps of linear warm-up from 0 to --lr."),
     preset: str | None = flag(S, "preset", f"Model size (stage widths, head kernel): {', '.join(f'{k} {v.widths} {v.head_kernel}x{v.head_kernel}' for k, v in PRESETS.items())}; or auto: paper on GPUs, cpu on CPUs."),
-    loss: str | None = flag(S, "loss", "superpixel (the method: pairs within each image), superpixel-batch (the batch as one image: pairs across images too), superpixel-both (a term for pairs within images and one for pairs across a worker's batch; both variants are not DESIGN.md's loss) or pixel (the paper's sampled-pixel baseline)."),
+    loss: str | None = flag(S, "loss", "superpixel (the method: pairs within each training crop, see --mosaic), superpixel-batch (the batch as one image: pairs across images too), superpixel-both (a term for pairs within images and one for pairs across a worker's batch; both variants are not DESIGN.md's loss) or pixel (the paper's sampled-pixel baseline)."),
     pixel_samples: int | None = flag(S, "pixel_samples", "Pixels sampled per image by --loss pixel."),
     crop: int | None = flag(S, "crop", "Side of the random square training crop.", empty="224 on GPUs, 128 on CPUs"),
+    mosaic: int | None = flag(S, "mosaic", "Images per training crop, side by side in vertical strips: the loss, still over the pairs of one crop, then also compares superpixels of different images."),
     gpu: bool | None = flag(S, "gpu", "One GPU per worker, NCCL; auto: when Ray sees a GPU.", "--gpu/--no-gpu"),
     amp: bool | None = flag(S, "amp", "bf16 autocast on GPU.", "--amp/--no-amp"),
     seed: int | None = flag(S, "seed", "Seed of weights, crops and shuffling."),
@@ -49,7 +50,7 @@ def train(
         S, config,
         dict(shards=shards, out=out, workers=workers, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size,
              lr=lr, schedule=schedule, warmup_steps=warmup_steps, preset=preset, loss=loss,
-             pixel_samples=pixel_samples, crop=crop, gpu=gpu, amp=amp, seed=seed, deterministic=deterministic,
+             pixel_samples=pixel_samples, crop=crop, mosaic=mosaic, gpu=gpu, amp=amp, seed=seed, deterministic=deterministic,
              address=address),
     )
     check_arguments(s, resume)
@@ -81,8 +82,10 @@ def check_arguments(s: dict[str, Any], resume: bool) -> None:
         fail(f"--loss must be one of {list(LOSSES)}, not {s['loss']!r}")
     if s["schedule"] not in SCHEDULES:
         fail(f"--schedule must be one of {list(SCHEDULES)}, not {s['schedule']!r}")
-    if min(s["workers"], s["epochs"], s["batch_size"], s["pixel_samples"]) < 1 or s["crop"] < 0:
-        fail("--workers, --epochs, --batch-size and --pixel-samples must be >= 1, --crop >= 1 (or 0: auto)")
+    if min(s["workers"], s["epochs"], s["batch_size"], s["pixel_samples"], s["mosaic"]) < 1 or s["crop"] < 0:
+        fail("--workers, --epochs, --batch-size, --pixel-samples and --mosaic must be >= 1, --crop >= 1 (or 0: auto)")
+    if s["crop"] and s["mosaic"] > s["crop"]:
+        fail(f"--mosaic {s['mosaic']} is more strips than the crop has pixel columns")
     if s["max_minutes"] < 0 or s["warmup_steps"] < 0 or s["lr"] <= 0:
         fail("--max-minutes and --warmup-steps must be >= 0, --lr > 0")
     if resume and not s["out"]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from spix.pipeline.shards import iter_rows, list_row_groups, read_manifest
 from spix.trainer.config import train_config
-from spix.trainer.data import crop_row, crop_task, random_crop, stack_crops, trim_slots
+from spix.trainer.data import Crop, crop_row, crop_task, mosaic_crops, random_crop, stack_crops, trim_slots
 from spix.trainer import feed
 from spix.trainer.feed import crop_settings, local_batches, rebatch, training_plan
 
@@ -122,6 +124,50 @@ def test_an_image_smaller_than_the_crop_is_enlarged_to_it() -> None:
     assert set(np.unique(crop.labels)) == set(range(30)), "the whole height is in the crop"
 
 
+def random_crops(count: int, side: int, seed: int) -> list[Crop]:
+    """Crops of random pixels, labels 0..4 in blocks and superpixels in 4 x 4 blocks with shuffled ids."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(count):
+        labels = rng.integers(0, 5, (side // 8 + 1, side // 8 + 1)).repeat(8, 0).repeat(8, 1)[:side, :side]
+        labels = np.where(rng.random((side, side)) < 0.1, 0, labels).astype(np.uint8)
+        per_row = -(-side // 4)
+        superpixels = rng.permutation(per_row**2)[np.arange(side)[:, None] // 4 * per_row + np.arange(side)[None, :] // 4]
+        majority, purity = brute_force_statistics(superpixels, labels)
+        crops.append(Crop(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), labels, superpixels.astype(np.uint16),
+                          np.array(majority, np.uint8), np.array(purity, np.float32)))
+    return crops
+
+
+@pytest.mark.parametrize(("images_per_crop", "count"), [(2, 4), (3, 4), (2, 2), (3, 2)])
+def test_a_mosaic_takes_strip_t_from_the_t_th_next_crop_and_recounts_its_superpixels(images_per_crop: int, count: int) -> None:
+    side = 30  # strips of 15 / 10 columns: superpixel blocks of 4 are cut at the strip edges
+    crops = random_crops(count, side, seed=images_per_crop)
+    mosaics = mosaic_crops(crops, images_per_crop, 5)
+    width = side // images_per_crop
+    assert len(mosaics) == count
+    for k, mosaic in enumerate(mosaics):
+        for t in range(images_per_crop):
+            source, cols = crops[(k + t) % count], slice(t * width, (t + 1) * width)
+            np.testing.assert_array_equal(mosaic.rgb[:, cols], source.rgb[:, cols])
+            np.testing.assert_array_equal(mosaic.labels[:, cols], source.labels[:, cols])
+        # Two pixels share a mosaic superpixel exactly when they are in the same strip and shared one in their crop.
+        strip = np.arange(side)[None, :].repeat(side, 0) // width
+        source_id = np.stack([crops[(k + t) % count].superpixels for t in range(images_per_crop)])[strip, *np.indices((side, side))]
+        pairs = np.unique(np.stack([strip.ravel(), source_id.ravel(), mosaic.superpixels.ravel()]), axis=1)
+        assert len(np.unique(pairs[:2], axis=1).T) == len(np.unique(pairs[2])) == pairs.shape[1]
+        assert mosaic.superpixels.max() + 1 == len(mosaic.sp_label), "ids 0..S-1, none empty"
+        majority, purity = brute_force_statistics(mosaic.superpixels, mosaic.labels)
+        np.testing.assert_array_equal(mosaic.sp_label, majority)
+        np.testing.assert_allclose(mosaic.sp_purity, purity, rtol=1e-6)
+
+
+def test_a_mosaic_of_one_image_or_of_one_crop_changes_nothing() -> None:
+    crops = random_crops(3, 16, seed=0)
+    assert mosaic_crops(crops, 1, 5) == crops
+    assert mosaic_crops(crops[:1], 2, 5) == crops[:1]
+
+
 def test_columns_are_padded_to_the_run_slots_and_overflow_is_refused() -> None:
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -166,7 +212,7 @@ def test_rebatch_cuts_chunks_of_any_length_into_batches_in_order() -> None:
 
 @pytest.mark.slow
 def test_crop_tasks_crop_the_planned_rows_in_order(toy_shards) -> None:
-    config = train_config(shards=str(toy_shards), out="", crop=32, batch_size=3, workers=1, shuffle_window=2, seed=4)
+    config = train_config(shards=str(toy_shards), out="", crop=32, batch_size=3, workers=1, shuffle_window=2, seed=4, mosaic=1)
     groups = list_row_groups(str(toy_shards), "training")
     settings = crop_settings(config, groups, read_manifest(str(toy_shards)))
     plan = training_plan(config, groups, workers=1)
@@ -188,3 +234,7 @@ def test_crop_tasks_crop_the_planned_rows_in_order(toy_shards) -> None:
     for batch in batches:  # slots cut to the batch's largest crop, which is smaller than a whole image
         most = max(len(np.unique(crop)) for crop in batch.superpixels.numpy())
         assert batch.sp_label.shape[1] == most < settings.slots and batch.sp_label[:, most - 1].any()
+    mosaics = crop_task(1, tasks[0].groups, tasks[0].rows, dataclasses.replace(settings, mosaic=2))
+    assert mosaics["key"].tolist() == first["key"].tolist()
+    np.testing.assert_array_equal(mosaics["images"][:, :, :16], first["images"][:, :, :16])
+    np.testing.assert_array_equal(mosaics["images"][:, :, 16:], np.roll(first["images"], -1, axis=0)[:, :, 16:])

@@ -183,6 +183,8 @@ def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> No
         "schema": (["--shards", str(other)], "schema version 99"),
         "batch": (["--shards", str(train_shards), "--batch-size", "25", "--workers", "2"], "larger than the data"),
         "resume": (["--shards", str(train_shards), "--out", str(tmp_path / "new"), "--resume"], "holds no run"),
+        "mosaic": (["--shards", str(train_shards), "--mosaic", "0"], "--mosaic must be >= 1"),
+        "strips": (["--shards", str(train_shards), "--crop", "8", "--mosaic", "9"], "more strips than the crop"),
     }
     for name, (args, message) in cases.items():
         result = cli("train", *args, "--preset", "tiny")

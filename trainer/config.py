@@ -67,6 +67,7 @@ class TrainConfig:
     pixel_samples: int  # pixels sampled per image by the pixel loss
     min_purity: float  # superpixels below this label purity take no part in the loss
     crop: int  # side of the square training crop
+    mosaic: int  # images per training crop, in vertical strips (data.mosaic_crops); 1 = one image
     gpu: bool  # one GPU per worker, NCCL
     amp: bool  # bf16 autocast (GPU only)
     seed: int  # weights, crops, shuffling, pair sampling

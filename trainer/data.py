@@ -2,7 +2,8 @@
 
 The same geometric transform is applied to the image (bilinear), the label map and the superpixel
 map (nearest); superpixel ids are re-indexed to those present in the crop and each superpixel's
-label and purity are recomputed for the crop. `crop_task` is the plain function the training data
+label and purity are recomputed for the crop; with `mosaic` > 1 a training crop is made of vertical
+strips of that many images' crops (`mosaic_crops`). `crop_task` is the plain function the training data
 stage maps (on Ray Data, or in-process without Ray): row groups in, columns of ready crops out.
 Every per-superpixel column is padded to one width for the whole run, so crops of different tasks
 stack into one batch; `trim_slots` then cuts a batch's columns, on the host, to the most superpixels
@@ -70,6 +71,33 @@ def random_crop(
     return Crop(np.ascontiguousarray(image), crop_labels, crop_superpixels, sp_label, sp_purity)
 
 
+def mosaic_crops(crops: Sequence[Crop], images_per_crop: int, num_labels: int) -> list[Crop]:
+    """Crops made of `images_per_crop` vertical strips of different images: strip t of crop k is strip t of crops[(k + t) % n].
+
+    Why: the loss compares superpixels of one training crop only, so without this nothing asks a class to
+    look the same in two images, which a classifier or a search across images needs. In a mosaic the
+    within-crop loss, unchanged, also pulls together same-label superpixels of different images and
+    pushes apart different-label ones. Every strip of every crop is used exactly once (with n >= 2); a
+    superpixel cut by a strip edge becomes two. Labels, purities and ids are recomputed for the mosaic.
+    """
+    if images_per_crop <= 1 or len(crops) < 2:
+        return list(crops)
+    side = crops[0].labels.shape[1]
+    edges = np.linspace(0, side, images_per_crop + 1).round().astype(np.intp)
+    mosaics = []
+    for k in range(len(crops)):
+        strips = [(crops[(k + t) % len(crops)], slice(edges[t], edges[t + 1])) for t in range(images_per_crop)]
+        offsets = np.cumsum([0] + [int(c.superpixels[:, cols].max()) + 1 for c, cols in strips[:-1]])
+        superpixels = relabel_contiguous(
+            np.concatenate([c.superpixels[:, cols].astype(np.int64) + o for (c, cols), o in zip(strips, offsets)], axis=1)
+        )
+        labels = np.concatenate([c.labels[:, cols] for c, cols in strips], axis=1)
+        rgb = np.concatenate([c.rgb[:, cols] for c, cols in strips], axis=1)
+        sp_label, sp_purity, _ = majority_labels(superpixels, labels, num_labels)
+        mosaics.append(Crop(rgb, labels, superpixels, sp_label, sp_purity))
+    return mosaics
+
+
 def crop_row(row: Mapping[str, Any], crop: int, num_labels: int, seed: int, epoch: int) -> Crop:
     """Decode a shard row and crop it with its deterministic per-(seed, epoch, image) randomness."""
     rgb = decode_rgb(row["image"])
@@ -126,6 +154,7 @@ class CropSettings:
     num_labels: int
     slots: int  # superpixel slots per crop: the most superpixels any training image has
     seed: int
+    mosaic: int = 1  # images per crop (mosaic_crops); 1 = each crop from one image
 
 
 def crop_task(epoch: int, groups: Sequence[int], rows: Sequence[int], settings: CropSettings) -> dict[str, np.ndarray]:
@@ -138,6 +167,7 @@ def crop_task(epoch: int, groups: Sequence[int], rows: Sequence[int], settings: 
     crops = [
         crop_row(tables[g][r], settings.crop, settings.num_labels, settings.seed, epoch) for g, r in zip(groups, rows)
     ]
+    crops = mosaic_crops(crops, settings.mosaic, settings.num_labels)
     keys = [settings.first_keys[g] + r for g, r in zip(groups, rows)]
     return stack_crops(crops, settings.slots, keys)
 

@@ -35,15 +35,17 @@ def training_plan(config: TrainConfig, groups: Sequence[RowGroup], workers: int)
 def crop_settings(config: TrainConfig, groups: Sequence[RowGroup], manifest: dict[str, Any]) -> CropSettings:
     """What every crop task of the run needs: the row groups, the crop and the superpixel slots.
 
-    Slots = the most superpixels of any image in the shards (a crop has at most its image's count).
+    Slots = the most superpixels of any image in the shards times the images per crop (a crop has at
+    most its image's count; a mosaic strip at most its own image's).
     """
     return CropSettings(
         groups=tuple(groups),
         first_keys=first_keys([g.num_rows for g in groups]),
         crop=config.crop,
         num_labels=int(manifest["params"]["num_classes"]) + 1,
-        slots=int(manifest["superpixels_per_image"]["max"]),
+        slots=int(manifest["superpixels_per_image"]["max"]) * config.mosaic,
         seed=config.seed,
+        mosaic=config.mosaic,
     )
 
 
