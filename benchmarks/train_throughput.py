@@ -1,4 +1,4 @@
-"""Does the data path keep up with the training step? Four measurements on the same shards, in one run.
+"""Does the data path keep up with the training step? Measurements on the same shards, in one run.
 
 (a) the training step alone on pre-made batches already on the device: the ceiling of spix's own step;
 (b) the data path alone: crops made in one process (`crop_task`), and by the Ray Data stream that
@@ -15,6 +15,8 @@ Also (c) with --nondeterministic: the cost of keeping the planned order.
 (f) the step alone (one thread) on the same crops with their superpixel columns padded to the run's
     slots (the most superpixels of any image, as before `trim_slots`) and trimmed to each batch's
     largest crop, for the superpixel loss and its superpixel-batch variant.
+(g) what mosaic crops cost (--mosaic, trainer/data.py mosaic_crops): (b)'s crops in one process and (a)'s
+    step on one thread with the run's mosaic against one image per crop.
 
 Run: python benchmarks/train_throughput.py [--images 96] [--epochs 3] [--preset tiny] [--crop 128]
      [--batch-size 4] [--workers 1] [--gpu]
@@ -179,6 +181,9 @@ def main() -> None:
             for padded in (True, False):
                 results[f"step_{loss}_{'padded' if padded else 'trimmed'}"] = step_alone(
                     replace(config, loss=loss), device, 1, steps=12, padded=padded)
+        one_image = replace(config, mosaic=1)
+        results["crops_one_image"] = crops_alone(one_image)
+        results["step_one_image"] = step_alone(one_image, device, 1, steps=12)
         if not gpu:
             data_rate = results["crops_one_process"] * max(1, cores - config.workers)
             for label, factor in (("fast", 2.0), ("slow", 0.5)):
@@ -220,6 +225,10 @@ def report(config: TrainConfig, cores: int, r: dict[str, float], gpu: bool) -> N
         padded, trimmed = r[f"step_{loss}_padded"], r[f"step_{loss}_trimmed"]
         print(f"(f) step alone, 1 thread, --loss {loss}: {padded:8.1f} images/s padded to the run's slots, "
               f"{trimmed:8.1f} trimmed: {trimmed / padded:.2f}x")
+    crops, step = r["crops_one_process"], r["step_1_thread"]
+    print(f"(g) --mosaic {config.mosaic} against 1: crops {crops:.1f} vs {r['crops_one_image']:.1f} images/s "
+          f"({crops / r['crops_one_image']:.2f}x), step alone on 1 thread {step:.1f} vs {r['step_one_image']:.1f} "
+          f"({step / r['step_one_image']:.2f}x)")
     print(json.dumps(r))
 
 

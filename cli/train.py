@@ -28,7 +28,7 @@ def train(
     schedule: str | None = flag(S, "schedule", "Learning-rate schedule after the warm-up: cosine (down to 2% of --lr at the end of the run) or constant."),
     warmup_steps: int | None = flag(S, "warmup_steps", "Steps of linear warm-up from 0 to --lr."),
     preset: str | None = flag(S, "preset", f"Model size (stage widths, head kernel): {', '.join(f'{k} {v.widths} {v.head_kernel}x{v.head_kernel}' for k, v in PRESETS.items())}; or auto: paper on GPUs, cpu on CPUs."),
-    loss: str | None = flag(S, "loss", "superpixel (the method: pairs within each training crop, see --mosaic), superpixel-batch (the batch as one image: pairs across images too), superpixel-both (a term for pairs within images and one for pairs across a worker's batch; both variants are not DESIGN.md's loss) or pixel (the paper's sampled-pixel baseline)."),
+    loss: str | None = flag(S, "loss", "superpixel (the method: pairs within each training crop), superpixel-batch (the batch as one image: pairs across images too), superpixel-both (a term for pairs within images and one for pairs across a worker's batch; both variants are not DESIGN.md's loss) or pixel (the paper's sampled-pixel baseline)."),
     pixel_samples: int | None = flag(S, "pixel_samples", "Pixels sampled per image by --loss pixel."),
     crop: int | None = flag(S, "crop", "Side of the random square training crop.", empty="224 on GPUs, 128 on CPUs"),
     mosaic: int | None = flag(S, "mosaic", "Images per training crop, side by side in vertical strips: the loss, still over the pairs of one crop, then also compares superpixels of different images."),
