@@ -153,9 +153,9 @@ class CropSettings:
     first_keys: tuple[int, ...]  # key of each group's first row (keys count rows over all groups)
     crop: int
     num_labels: int
-    slots: int  # superpixel slots per crop: the most superpixels any training image has
+    slots: int  # superpixel slots per crop: the most superpixels any training image has, times `mosaic`
     seed: int
-    mosaic: int = 1  # images per crop (mosaic_crops); 1 = each crop from one image
+    mosaic: int  # images per crop (mosaic_crops); 1 = each crop from one image
 
 
 def crop_task(epoch: int, groups: Sequence[int], rows: Sequence[int], settings: CropSettings) -> dict[str, np.ndarray]:
