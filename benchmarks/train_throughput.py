@@ -15,7 +15,7 @@ Also (c) with --nondeterministic: the cost of keeping the planned order.
 (f) the step alone (one thread) on the same crops with their superpixel columns padded to the run's
     slots (the most superpixels of any image, as before `trim_slots`) and trimmed to each batch's
     largest crop, for the superpixel loss and its superpixel-batch variant.
-(g) what mosaic crops cost (--mosaic, trainer/data.py mosaic_crops): (b)'s crops in one process and (a)'s
+(g) what mosaic crops cost (--mosaic, trainer/data.py mosaic_windows): (b)'s crops in one process and (a)'s
     step on one thread with the run's mosaic against one image per crop.
 
 Run: python benchmarks/train_throughput.py [--images 96] [--epochs 3] [--preset tiny] [--crop 128]

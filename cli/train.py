@@ -57,7 +57,10 @@ def train(
     s["out"] = s["out"] or str(RUNS_DIR / f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if s["gpu"] == "auto":
         s["gpu"] = gpu_available(s["address"])
-    config_values = make_train_config(s)
+    try:
+        config_values = make_train_config(s)
+    except ValueError as exc:
+        fail(str(exc))
     from spix.pipeline.quiet import ray_quieted
     from spix.trainer.distributed import TrainingInputError, read_metrics, run_training
 
@@ -84,8 +87,6 @@ def check_arguments(s: dict[str, Any], resume: bool) -> None:
         fail(f"--schedule must be one of {list(SCHEDULES)}, not {s['schedule']!r}")
     if min(s["workers"], s["epochs"], s["batch_size"], s["pixel_samples"], s["mosaic"]) < 1 or s["crop"] < 0:
         fail("--workers, --epochs, --batch-size, --pixel-samples and --mosaic must be >= 1, --crop >= 1 (or 0: auto)")
-    if s["crop"] and s["mosaic"] > s["crop"]:
-        fail(f"--mosaic {s['mosaic']} is more strips than the crop has pixel columns")
     if s["max_minutes"] < 0 or s["warmup_steps"] < 0 or s["lr"] <= 0:
         fail("--max-minutes and --warmup-steps must be >= 0, --lr > 0")
     if resume and not s["out"]:

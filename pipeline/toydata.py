@@ -60,8 +60,8 @@ class TextureClass:
 UNORIENTED = ("noise", "gradient", "rings", "hexdots", "squares", "blobs", "crosses")  # named without an angle
 # Class k (label k+1) is CLASSES[k]. The first eight are eight different families. The rest differ from
 # every class of their family by at least 15 degrees of orientation or by a factor 4 in period: training
-# rescales crops by 0.5-1.5, so periods closer than 3x (with the 10% jitter, 3.7x) could be one class seen
-# at two scales. Every class is mirror-symmetric (checked in tests/test_toydata.py).
+# may rescale crops by as much as 0.5-1.5 (the widest scale range measured; `spix train`'s default is
+# milder), so periods closer than 3x (with the 10% jitter, 3.7x) could be one class seen at two scales. Every class is mirror-symmetric (checked in tests/test_toydata.py).
 CLASSES: tuple[TextureClass, ...] = (
     TextureClass("stripes", (0,), 10),
     TextureClass("checker", (0,), 12),

@@ -18,7 +18,7 @@ from spix.trainer.evaluate import EvalSettings
 
 COMMANDS = {"preprocess": "preprocess", "toy": "make-toy-data", "train": "train", "eval": "eval",
             "infer": "infer", "download": "download ade20k", "export": "export"}
-NOT_FLAGS = {"train": {"weight_decay", "min_purity", "shuffle_window", "prefetch_batches", "val_max_images", "max_failures"},
+NOT_FLAGS = {"train": {"weight_decay", "min_purity", "scale_range", "shuffle_window", "prefetch_batches", "val_max_images", "max_failures"},
              "eval": {"max_superpixels_per_image", "min_purity", "max_pairs_per_image"},
              "infer": {"smooth_radius", "feature_eps", "layer_eps", "seed", "basis_images"}}  # config-file only
 
@@ -64,6 +64,13 @@ def test_train_settings_come_from_the_section_and_auto_picks_by_device() -> None
     assert (on_cpu.preset, on_cpu.crop) == ("cpu", 128)
     assert make_train_config({**values, "preset": "tiny", "crop": 96, "gpu": True}).crop == 96, "a crop given is kept"
     assert make_train_config({**values, "gpu": False, "amp": True}).amp is False, "bf16 autocast only on a GPU"
+    with pytest.raises(ValueError, match="more strips than the 128-pixel crop"):
+        make_train_config({**values, "crop": 0, "mosaic": 129})  # checked against the crop "auto" picks
+    assert make_train_config({**values, "crop": 0, "mosaic": 128}).mosaic == 128
+    assert make_train_config({**values, "scale_range": [1, 1]}).scale_range == (1.0, 1.0)
+    for scales in ([0.5], [1.5, 0.5], [0, 1], 1.0, "0.8"):
+        with pytest.raises(ValueError, match="scale_range"):
+            make_train_config({**values, "scale_range": scales})
 
 
 def test_wrong_and_missing_settings_are_one_clear_error() -> None:
@@ -74,18 +81,36 @@ def test_wrong_and_missing_settings_are_one_clear_error() -> None:
     assert build(PreprocessParams, {**defaults("preprocess"), "compactness": 12}).compactness == 12.0, "an int is a float"
 
 
+def option_helps(help_text: str) -> dict[str, str]:
+    """Each option of a --help page -> its own help text (whitespace collapsed), read from the option lines
+    and their continuation lines, so a flag named inside another flag's help is never mistaken for it."""
+    helps: dict[str, str] = {}
+    option = None
+    for line in help_text.splitlines():
+        start = re.match(r"  (?:-\w, )?(--[\w-]+)", line)
+        if start:
+            option = start.group(1)
+            helps[option] = line[start.end():]
+        elif option and line.startswith("   "):
+            helps[option] += " " + line
+        else:
+            option = None
+    return {name: re.sub(r"\s+", " ", text).strip() for name, text in helps.items()}
+
+
 @pytest.mark.parametrize("section", sorted(COMMANDS))
 def test_help_shows_the_defaults_of_default_toml(section: str) -> None:
     result = run_spix(*COMMANDS[section].split(), "--help", env={"COLUMNS": "400"})
     assert result.returncode == 0, result.stderr
     assert "<bool>" not in result.stdout and "{" not in result.stdout.splitlines()[0]
-    text = re.sub(r"\s+", " ", result.stdout)
+    helps = option_helps(result.stdout)
     for key, value in defaults(section).items():
         if key in NOT_FLAGS.get(section, set()) or value in ("", 0) or key in ("address", "num_cpus", "checkpoint", "out"):
             continue
         option = "--" + key.replace("_", "-")
-        match = re.search(re.escape(option) + r"\b[^-]*?.*?\(default: ([^)]*)\)", text)
-        assert match, (section, key)
+        assert option in helps, (section, key)
+        match = re.search(r"\(default: ([^)]*)\)", helps[option])
+        assert match, (section, key, helps[option])
         assert match.group(1) == shown(value), (section, key, match.group(1))
 
 

@@ -10,7 +10,9 @@ import torch
 
 from spix.pipeline.shards import iter_rows, list_row_groups, read_manifest
 from spix.trainer.config import train_config
-from spix.trainer.data import Crop, crop_row, crop_task, mosaic_crops, random_crop, stack_crops, trim_slots
+from spix.trainer.data import (
+    Crop, Window, crop_statistics, crop_task, mosaic_windows, random_window, row_window, stack_crops, trim_slots,
+)
 from spix.trainer import feed
 from spix.trainer.feed import crop_settings, local_batches, rebatch, training_plan
 
@@ -30,6 +32,12 @@ class Draws:
 
     def random(self) -> float:
         return self.flip_draw
+
+
+def random_crop(rgb: np.ndarray, labels: np.ndarray, superpixels: np.ndarray, crop: int, num_labels: int, rng,
+                scale_range: tuple[float, float] = (0.5, 1.5)) -> Crop:
+    """A training crop of one image, as crop_task makes it without a mosaic."""
+    return crop_statistics(random_window(rgb, labels, superpixels, crop, scale_range, rng), num_labels)
 
 
 def coordinate_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,6 +74,15 @@ def test_image_labels_and_superpixels_get_the_same_geometry(scale: float, flip: 
     steps = np.sign(np.diff(columns[0]))
     sign = -1 if flip else 1  # a flip mirrors the columns, else they increase (repeating when enlarged)
     assert set(steps.tolist()) <= {0, sign} and (steps == sign).sum() == len(present) - 1
+
+
+@pytest.mark.parametrize("scale", [2.0, 1.0, 0.8])
+def test_the_scale_range_bounds_the_rescale(scale: float) -> None:
+    """A range of one value rescales by exactly it: the crop spans CROP / scale source rows, whatever the draw."""
+    rgb, labels, superpixels = coordinate_maps()
+    crop = random_crop(rgb, labels, superpixels, CROP, 256, Draws(0.9, 0.0, 0.0, False), scale_range=(scale, scale))
+    rows = crop.labels[:, 0].astype(int)
+    assert rows[0] == 0 and rows[-1] == int(CROP / scale) - 1 and len(np.unique(rows)) == min(CROP, round(CROP / scale))
 
 
 def test_a_flip_mirrors_every_map_and_keeps_the_superpixel_statistics() -> None:
@@ -124,26 +141,24 @@ def test_an_image_smaller_than_the_crop_is_enlarged_to_it() -> None:
     assert set(np.unique(crop.labels)) == set(range(30)), "the whole height is in the crop"
 
 
-def random_crops(count: int, side: int, seed: int) -> list[Crop]:
-    """Crops of random pixels, labels 0..4 in blocks and superpixels in 4 x 4 blocks with shuffled ids."""
+def random_windows(count: int, side: int, seed: int) -> list[Window]:
+    """Windows of random pixels, labels 0..4 in blocks and superpixels in 4 x 4 blocks with shuffled ids."""
     rng = np.random.default_rng(seed)
-    crops = []
+    windows = []
     for _ in range(count):
         labels = rng.integers(0, 5, (side // 8 + 1, side // 8 + 1)).repeat(8, 0).repeat(8, 1)[:side, :side]
         labels = np.where(rng.random((side, side)) < 0.1, 0, labels).astype(np.uint8)
         per_row = -(-side // 4)
         superpixels = rng.permutation(per_row**2)[np.arange(side)[:, None] // 4 * per_row + np.arange(side)[None, :] // 4]
-        majority, purity = brute_force_statistics(superpixels, labels)
-        crops.append(Crop(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), labels, superpixels.astype(np.uint16),
-                          np.array(majority, np.uint8), np.array(purity, np.float32)))
-    return crops
+        windows.append(Window(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), labels, superpixels.astype(np.uint16)))
+    return windows
 
 
 @pytest.mark.parametrize(("images_per_crop", "count"), [(2, 4), (3, 4), (2, 2), (3, 2)])
 def test_a_mosaic_takes_strip_t_from_the_t_th_next_crop_and_recounts_its_superpixels(images_per_crop: int, count: int) -> None:
     side = 30  # strips of 15 / 10 columns: superpixel blocks of 4 are cut at the strip edges
-    crops = random_crops(count, side, seed=images_per_crop)
-    mosaics = mosaic_crops(crops, images_per_crop, 5)
+    crops = random_windows(count, side, seed=images_per_crop)
+    mosaics = [crop_statistics(window, 5) for window in mosaic_windows(crops, images_per_crop)]
     width = side // images_per_crop
     assert len(mosaics) == count
     for k, mosaic in enumerate(mosaics):
@@ -163,9 +178,9 @@ def test_a_mosaic_takes_strip_t_from_the_t_th_next_crop_and_recounts_its_superpi
 
 
 def test_a_mosaic_of_one_image_or_of_one_crop_changes_nothing() -> None:
-    crops = random_crops(3, 16, seed=0)
-    assert mosaic_crops(crops, 1, 5) == crops
-    assert mosaic_crops(crops[:1], 2, 5) == crops[:1]
+    windows = random_windows(3, 16, seed=0)
+    assert mosaic_windows(windows, 1) == windows
+    assert mosaic_windows(windows[:1], 2) == windows[:1]
 
 
 def test_columns_are_padded_to_the_run_slots_and_overflow_is_refused() -> None:
@@ -226,7 +241,7 @@ def test_crop_tasks_crop_the_planned_rows_in_order(toy_shards) -> None:
     first = crop_task(1, tasks[0].groups, tasks[0].rows, settings)
     assert first["key"].tolist() == planned[: len(tasks[0].rows)]
     for index, key in enumerate(first["key"].tolist()):
-        expected = crop_row(keyed[key], 32, settings.num_labels, 4, 1)
+        expected = crop_statistics(row_window(keyed[key], 32, settings.scale_range, 4, 1), settings.num_labels)
         np.testing.assert_array_equal(first["images"][index], expected.rgb)
         np.testing.assert_array_equal(first["superpixels"][index], expected.superpixels)
     images = torch.cat([b.images for b in batches])

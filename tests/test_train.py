@@ -184,7 +184,8 @@ def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> No
         "batch": (["--shards", str(train_shards), "--batch-size", "25", "--workers", "2"], "larger than the data"),
         "resume": (["--shards", str(train_shards), "--out", str(tmp_path / "new"), "--resume"], "holds no run"),
         "mosaic": (["--shards", str(train_shards), "--mosaic", "0"], "--mosaic must be >= 1"),
-        "strips": (["--shards", str(train_shards), "--crop", "8", "--mosaic", "9"], "more strips than the crop"),
+        "strips": (["--shards", str(train_shards), "--crop", "8", "--mosaic", "9"], "more strips than the 8-pixel crop"),
+        "auto crop": (["--shards", str(train_shards), "--no-gpu", "--mosaic", "129"], "more strips than the 128-pixel crop"),
     }
     for name, (args, message) in cases.items():
         result = cli("train", *args, "--preset", "tiny")

@@ -67,7 +67,8 @@ class TrainConfig:
     pixel_samples: int  # pixels sampled per image by the pixel loss
     min_purity: float  # superpixels below this label purity take no part in the loss
     crop: int  # side of the square training crop
-    mosaic: int  # images per training crop, in vertical strips (data.mosaic_crops); 1 = one image
+    scale_range: tuple[float, ...]  # (min, max) random rescale of a training crop's source window
+    mosaic: int  # images per training crop, in vertical strips (data.mosaic_windows); 1 = one image
     gpu: bool  # one GPU per worker, NCCL
     amp: bool  # bf16 autocast (GPU only)
     seed: int  # weights, crops, shuffling, pair sampling
@@ -83,11 +84,18 @@ class TrainConfig:
 
 def make_train_config(values: Mapping[str, Any]) -> TrainConfig:
     """TrainConfig from merged settings whose "gpu" is already decided: preset "auto" and crop 0 pick the
-    GPU or the CPU choice, and bf16 autocast only runs on a GPU."""
+    GPU or the CPU choice, and bf16 autocast only runs on a GPU. ValueError (SettingsError for a value of the
+    wrong type) when the mosaic has more strips than the crop has pixel columns (known only here, once
+    crop 0 is resolved), or for a scale range that is not [min, max] with 0 < min <= max."""
     gpu = bool(values["gpu"])
     preset = values["preset"] if values["preset"] != "auto" else (GPU_PRESET if gpu else CPU_PRESET)
     crop = values["crop"] or (GPU_CROP if gpu else CPU_CROP)
-    return build(TrainConfig, {**values, "gpu": gpu, "amp": bool(values["amp"]) and gpu, "preset": preset, "crop": crop})
+    config = build(TrainConfig, {**values, "gpu": gpu, "amp": bool(values["amp"]) and gpu, "preset": preset, "crop": crop})
+    if config.mosaic > config.crop:
+        raise ValueError(f"--mosaic {config.mosaic} is more strips than the {config.crop}-pixel crop has columns")
+    if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
+        raise ValueError(f"scale_range must be [min, max] with 0 < min <= max, not {list(config.scale_range)}")
+    return config
 
 
 def train_config(**overrides: Any) -> TrainConfig:

@@ -1,10 +1,11 @@
 """Training crops from shard rows: random rescale + crop + flip, per-crop superpixel labels, fixed-width columns.
 
 The same geometric transform is applied to the image (bilinear), the label map and the superpixel
-map (nearest); superpixel ids are re-indexed to those present in the crop and each superpixel's
-label and purity are recomputed for the crop; with `mosaic` > 1 a training crop is made of vertical
-strips of that many images' crops (`mosaic_crops`). `crop_task` is the plain function the training data
-stage maps (on Ray Data, or in-process without Ray): row groups in, columns of ready crops out.
+map (nearest) of a Window; with `mosaic` > 1 a training crop is made of vertical strips of that many
+images' windows (`mosaic_windows`); then, once per training crop, superpixel ids are re-indexed to
+those present and each superpixel's label and purity are recomputed for the crop (`crop_statistics`).
+`crop_task` is the plain function the training data stage maps (on Ray Data, or in-process without
+Ray): row groups in, columns of ready crops out.
 Every per-superpixel column is padded to one width for the whole run, so crops of different tasks
 stack into one batch; `trim_slots` then cuts a batch's columns, on the host, to the most superpixels
 of any of its crops, so the training step never has to ask the device how many a batch holds.
@@ -25,7 +26,6 @@ from spix.pipeline.shards import RowGroup, decode_superpixels, read_row_group, t
 from spix.pipeline.superpixels import majority_labels, relabel_contiguous
 
 TRAIN_COLUMNS = ["image_id", "image", "labels", "superpixels", "height", "width"]
-SCALE_RANGE = (0.5, 1.5)
 
 
 @dataclass
@@ -48,11 +48,25 @@ def nearest_indices(start: float, window: float, size: int, limit: int) -> np.nd
     return np.clip(np.floor(centres).astype(np.intp), 0, limit - 1)
 
 
-def random_crop(
-    rgb: np.ndarray, labels: np.ndarray, superpixels: np.ndarray, crop: int, num_labels: int, rng: np.random.Generator,
-    scale_range: tuple[float, float] = SCALE_RANGE,
-) -> Crop:
-    """Random rescale (never below the crop size), square crop and horizontal flip of one sample."""
+@dataclass
+class Window:
+    """A training crop's pixels before its superpixel statistics, ids still the source image's.
+
+    Why apart from Crop: mosaic_windows cuts strips out of windows, and the statistics (contiguous ids,
+    labels, purities) are then counted once per training crop, not once per source crop and again per mosaic.
+    """
+
+    rgb: np.ndarray  # (C, C, 3) uint8
+    labels: np.ndarray  # (C, C) uint8
+    superpixels: np.ndarray  # (C, C) integer ids, as in the source image (not contiguous)
+
+
+def random_window(
+    rgb: np.ndarray, labels: np.ndarray, superpixels: np.ndarray, crop: int, scale_range: tuple[float, ...],
+    rng: np.random.Generator,
+) -> Window:
+    """Random rescale by a factor drawn from scale_range (never below the crop size), square crop and
+    horizontal flip of one sample."""
     height, width = labels.shape
     scale = max(rng.uniform(*scale_range), crop / min(height, width))
     window = min(crop / scale, height, width)  # side of the crop in source pixels (min: float rounding)
@@ -65,46 +79,48 @@ def random_crop(
     cols = nearest_indices(left, window, crop, width)
     if flip:
         image, cols = image[:, ::-1], cols[::-1]
-    crop_labels = labels[rows[:, None], cols[None, :]]
-    crop_superpixels = relabel_contiguous(superpixels[rows[:, None], cols[None, :]])
-    sp_label, sp_purity, _ = majority_labels(crop_superpixels, crop_labels, num_labels)
-    return Crop(np.ascontiguousarray(image), crop_labels, crop_superpixels, sp_label, sp_purity)
+    return Window(np.ascontiguousarray(image), labels[rows[:, None], cols[None, :]], superpixels[rows[:, None], cols[None, :]])
 
 
-def mosaic_crops(crops: Sequence[Crop], images_per_crop: int, num_labels: int) -> list[Crop]:
-    """Crops made of `images_per_crop` vertical strips of different images: strip t of crop k is strip t of crops[(k + t) % n].
+def crop_statistics(window: Window, num_labels: int) -> Crop:
+    """The training crop of a window: superpixel ids made 0..S-1, each one's majority label and purity
+    counted within the crop (not the whole image)."""
+    superpixels = relabel_contiguous(window.superpixels)
+    sp_label, sp_purity, _ = majority_labels(superpixels, window.labels, num_labels)
+    return Crop(window.rgb, window.labels, superpixels, sp_label, sp_purity)
+
+
+def mosaic_windows(windows: Sequence[Window], images_per_crop: int) -> list[Window]:
+    """Windows made of `images_per_crop` vertical strips of different images: strip t of window k is strip t of windows[(k + t) % n].
 
     Why: the loss compares superpixels of one training crop only, so without this nothing asks a class to
     look the same in two images, which a classifier or a search across images needs. In a mosaic the
     within-crop loss, unchanged, also pulls together same-label superpixels of different images and
-    pushes apart different-label ones. Every strip of every crop is used exactly once (with n >= 2); a
-    superpixel cut by a strip edge becomes two. Labels, purities and ids are recomputed for the mosaic;
-    crop k keeps its place (and key) in the batch. Measured in README, "How good are the features".
+    pushes apart different-label ones. Every strip of every window is used exactly once (with n >= 2); a
+    superpixel cut by a strip edge becomes two (each strip's ids are offset past the previous strips').
+    Window k keeps its place (and key) in the batch. Measured in README, "How good are the features".
     """
-    if images_per_crop <= 1 or len(crops) < 2:
-        return list(crops)
-    side = crops[0].labels.shape[1]
+    if images_per_crop <= 1 or len(windows) < 2:
+        return list(windows)
+    side = windows[0].labels.shape[1]
     edges = np.linspace(0, side, images_per_crop + 1).round().astype(np.intp)
     mosaics = []
-    for k in range(len(crops)):
-        strips = [(crops[(k + t) % len(crops)], slice(edges[t], edges[t + 1])) for t in range(images_per_crop)]
-        offsets = np.cumsum([0] + [int(c.superpixels[:, cols].max()) + 1 for c, cols in strips[:-1]])
-        superpixels = relabel_contiguous(
-            np.concatenate([c.superpixels[:, cols].astype(np.int64) + o for (c, cols), o in zip(strips, offsets)], axis=1)
-        )
-        labels = np.concatenate([c.labels[:, cols] for c, cols in strips], axis=1)
-        rgb = np.concatenate([c.rgb[:, cols] for c, cols in strips], axis=1)
-        sp_label, sp_purity, _ = majority_labels(superpixels, labels, num_labels)
-        mosaics.append(Crop(rgb, labels, superpixels, sp_label, sp_purity))
+    for k in range(len(windows)):
+        strips = [(windows[(k + t) % len(windows)], slice(edges[t], edges[t + 1])) for t in range(images_per_crop)]
+        offsets = np.cumsum([0] + [int(w.superpixels[:, cols].max()) + 1 for w, cols in strips[:-1]])
+        superpixels = np.concatenate([w.superpixels[:, cols].astype(np.int64) + o for (w, cols), o in zip(strips, offsets)], axis=1)
+        labels = np.concatenate([w.labels[:, cols] for w, cols in strips], axis=1)
+        rgb = np.concatenate([w.rgb[:, cols] for w, cols in strips], axis=1)
+        mosaics.append(Window(rgb, labels, superpixels))
     return mosaics
 
 
-def crop_row(row: Mapping[str, Any], crop: int, num_labels: int, seed: int, epoch: int) -> Crop:
+def row_window(row: Mapping[str, Any], crop: int, scale_range: tuple[float, ...], seed: int, epoch: int) -> Window:
     """Decode a shard row and crop it with its deterministic per-(seed, epoch, image) randomness."""
     rgb = decode_rgb(row["image"])
     labels = decode_labels(row["labels"]).astype(np.uint8)
     superpixels = decode_superpixels(row["superpixels"], int(row["height"]), int(row["width"]))
-    return random_crop(rgb, labels, superpixels, crop, num_labels, sample_rng(seed, epoch, str(row["image_id"])))
+    return random_window(rgb, labels, superpixels, crop, scale_range, sample_rng(seed, epoch, str(row["image_id"])))
 
 
 def stack_crops(crops: Sequence[Crop], slots: int, keys: Sequence[int]) -> dict[str, np.ndarray]:
@@ -152,10 +168,11 @@ class CropSettings:
     groups: tuple[RowGroup, ...]  # the run's training row groups; tasks refer to them by index
     first_keys: tuple[int, ...]  # key of each group's first row (keys count rows over all groups)
     crop: int
+    scale_range: tuple[float, ...]  # (min, max) random rescale of the source window
     num_labels: int
     slots: int  # superpixel slots per crop: the most superpixels any training image has, times `mosaic`
     seed: int
-    mosaic: int  # images per crop (mosaic_crops); 1 = each crop from one image
+    mosaic: int  # images per crop (mosaic_windows); 1 = each crop from one image
 
 
 def crop_task(epoch: int, groups: Sequence[int], rows: Sequence[int], settings: CropSettings) -> dict[str, np.ndarray]:
@@ -165,10 +182,8 @@ def crop_task(epoch: int, groups: Sequence[int], rows: Sequence[int], settings: 
     function: Ray Data maps it over tasks on the cluster's CPUs; `train_without_ray` calls it directly.
     """
     tables = {g: list(table_rows(read_row_group(settings.groups[g], TRAIN_COLUMNS))) for g in sorted(set(groups))}
-    crops = [
-        crop_row(tables[g][r], settings.crop, settings.num_labels, settings.seed, epoch) for g, r in zip(groups, rows)
-    ]
-    crops = mosaic_crops(crops, settings.mosaic, settings.num_labels)
+    windows = [row_window(tables[g][r], settings.crop, settings.scale_range, settings.seed, epoch) for g, r in zip(groups, rows)]
+    crops = [crop_statistics(window, settings.num_labels) for window in mosaic_windows(windows, settings.mosaic)]
     keys = [settings.first_keys[g] + r for g, r in zip(groups, rows)]
     return stack_crops(crops, settings.slots, keys)
 

@@ -42,6 +42,7 @@ def crop_settings(config: TrainConfig, groups: Sequence[RowGroup], manifest: dic
         groups=tuple(groups),
         first_keys=first_keys([g.num_rows for g in groups]),
         crop=config.crop,
+        scale_range=config.scale_range,
         num_labels=int(manifest["params"]["num_classes"]) + 1,
         slots=int(manifest["superpixels_per_image"]["max"]) * config.mosaic,
         seed=config.seed,
