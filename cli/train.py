@@ -115,4 +115,5 @@ def print_epoch(metrics: dict[str, Any]) -> None:
         f"d+ {metrics['pos_dist']:.2f} d- {metrics['neg_dist']:.2f} | {metrics['images_per_s']:.1f} img/s, "
         f"data wait {100 * metrics['data_wait']:.0f}%{memory} | "
         f"val loss {metrics['val_loss']:.4f} | val pair AUC {'n/a' if math.isnan(auc) else f'{auc:.3f}'}"
+        + (f" (BN statistics of {metrics['bn_images']} whole training images)" if metrics.get("bn_images") else "")
     )

@@ -18,7 +18,7 @@ from spix.trainer.evaluate import EvalSettings
 
 COMMANDS = {"preprocess": "preprocess", "toy": "make-toy-data", "train": "train", "eval": "eval",
             "infer": "infer", "download": "download ade20k", "export": "export"}
-NOT_FLAGS = {"train": {"weight_decay", "min_purity", "scale_range", "shuffle_window", "prefetch_batches", "val_max_images", "max_failures"},
+NOT_FLAGS = {"train": {"weight_decay", "min_purity", "scale_range", "shuffle_window", "prefetch_batches", "val_max_images", "bn_images", "max_failures"},
              "eval": {"max_superpixels_per_image", "min_purity", "max_pairs_per_image"},
              "infer": {"smooth_radius", "feature_eps", "layer_eps", "seed", "basis_images"}}  # config-file only
 

@@ -14,7 +14,16 @@ from spix.pipeline.shards import iter_samples
 from spix.trainer.config import LossConfig, train_config
 from spix.trainer.data import Batch
 from spix.trainer.losses import superpixel_npair_loss
-from spix.trainer.loop import FINAL_LR_FRACTION, compute_loss, learning_rate, out_of_time, planned_steps, run_epoch, validate
+from spix.trainer.loop import (
+    FINAL_LR_FRACTION,
+    compute_loss,
+    estimate_batch_norm_statistics,
+    learning_rate,
+    out_of_time,
+    planned_steps,
+    run_epoch,
+    validate,
+)
 from spix.trainer.model import build_model, normalize_images
 from spix.trainer.pooling import superpixel_pool
 
@@ -102,3 +111,34 @@ def test_validation_scores_each_image_the_same_whatever_the_order(toy_shards) ->
     assert sorted(zip(forward.scores, forward.positives)) == sorted(zip(backward.scores, backward.positives))
     np.testing.assert_allclose(forward.moments.second, backward.moments.second, rtol=1e-9)
     assert forward.moments.weight == sum(int(s.sp_area.sum()) for s in samples), "area-weighted: every pixel once"
+
+
+def test_batch_norm_statistics_become_the_average_of_whole_images() -> None:
+    """Against a hand computation: the stem BN's running mean / variance are the mean over images of
+    each image's per-channel mean / unbiased variance of the stem convolution's output; every other
+    BN is re-estimated too, the momentum and the mode are put back, and no image changes nothing."""
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in ((20, 30), (33, 17), (24, 24))]
+    with torch.no_grad():
+        for _ in range(3):  # training's running statistics, which the estimate must not mix in
+            model(torch.randn(2, 3, 16, 16) * 3 + 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert estimate_batch_norm_statistics(model, iter([]), torch.device("cpu")) == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "no image: nothing changes"
+    assert estimate_batch_norm_statistics(model, iter(images), torch.device("cpu")) == 3
+    conv, norm = model.stem[0], model.stem[1]
+    with torch.no_grad():
+        outputs = [conv(normalize_images(torch.from_numpy(image)[None]))[0].flatten(1) for image in images]
+    expected_mean = torch.stack([o.mean(dim=1) for o in outputs]).mean(dim=0)
+    expected_var = torch.stack([o.var(dim=1, unbiased=True) for o in outputs]).mean(dim=0)
+    torch.testing.assert_close(norm.running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var, expected_var, rtol=1e-4, atol=1e-5)
+    head = model.head[1]
+    assert not torch.equal(head.running_mean, before["head.1.running_mean"]), "the last BN is re-estimated as well"
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.named_parameters()), "weights untouched"
+    model.eval()
+    estimate_batch_norm_statistics(model, iter(images[:1]), torch.device("cpu"))
+    assert not model.training, "the mode it came in"

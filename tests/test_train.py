@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from helpers import SPIX, cli, run_spix
 from spix.pipeline.shards import iter_samples
 from spix.trainer.checkpoint import load_model
 from spix.trainer.config import train_config
-from spix.trainer.loop import train_without_ray, validate
+from spix.trainer.loop import estimate_batch_norm_statistics, train_without_ray, validate
 from spix.trainer.metrics import pair_scores_auc
 from spix.trainer.model import build_model
 
@@ -92,6 +93,19 @@ def test_training_raises_the_validation_pair_auc(trained_run: Path, train_shards
     # 0.019 and 0.060. The margin of 0.03 is a third of the gain seen with this seed.
     assert trained >= untrained + 0.03, (untrained, trained)
     assert read_jsonl(trained_run / "metrics.jsonl")[-1]["val_pair_auc"] == pytest.approx(trained, abs=0.02)
+
+
+@pytest.mark.slow
+def test_the_final_bn_statistics_are_those_of_whole_training_images_from_both_workers(trained_run: Path, train_shards: Path) -> None:
+    """Each of the 2 workers estimates them on its half of the first 32 (bn_images) training images, then
+    they are averaged: the same as one pass over all 32 with the saved weights. Only the last epoch does it."""
+    model, _ = load_model(trained_run)
+    saved = {k: v.clone() for k, v in model.state_dict().items() if ".running_" in k}
+    images = (sample.rgb for sample in islice(iter_samples(str(train_shards), "training"), 32))
+    assert estimate_batch_norm_statistics(model, images, torch.device("cpu")) == 32
+    for key, value in saved.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert [m["bn_images"] for m in read_jsonl(trained_run / "metrics.jsonl")] == [0] * 9 + [32]
 
 
 @pytest.mark.slow

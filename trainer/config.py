@@ -76,6 +76,7 @@ class TrainConfig:
     prefetch_batches: int  # ready batches kept ahead of the training step
     deterministic: bool  # batches in planned order (same seed and workers -> same run)
     val_max_images: int  # validation images scored after every epoch
+    bn_images: int  # whole training images the final BN statistics are estimated on; 0 = the crops' running ones
     max_failures: int  # worker losses Ray Train recovers from
 
     def loss_config(self) -> LossConfig:
@@ -86,7 +87,7 @@ def make_train_config(values: Mapping[str, Any]) -> TrainConfig:
     """TrainConfig from merged settings whose "gpu" is already decided: preset "auto" and crop 0 pick the
     GPU or the CPU choice, and bf16 autocast only runs on a GPU. ValueError (SettingsError for a value of the
     wrong type) when the mosaic has more strips than the crop has pixel columns (known only here, once
-    crop 0 is resolved), or for a scale range that is not [min, max] with 0 < min <= max."""
+    crop 0 is resolved), or for a scale range that is not [min, max] with 0 < min <= max, or a negative bn_images."""
     gpu = bool(values["gpu"])
     preset = values["preset"] if values["preset"] != "auto" else (GPU_PRESET if gpu else CPU_PRESET)
     crop = values["crop"] or (GPU_CROP if gpu else CPU_CROP)
@@ -95,6 +96,8 @@ def make_train_config(values: Mapping[str, Any]) -> TrainConfig:
         raise ValueError(f"--mosaic {config.mosaic} is more strips than the {config.crop}-pixel crop has columns")
     if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
         raise ValueError(f"scale_range must be [min, max] with 0 < min <= max, not {list(config.scale_range)}")
+    if config.bn_images < 0:
+        raise ValueError(f"bn_images must be >= 0 (0: keep the statistics of the training crops), not {config.bn_images}")
     return config
 
 

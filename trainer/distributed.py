@@ -32,10 +32,11 @@ from spix.trainer.checkpoint import (
 )
 from spix.trainer.config import TrainConfig
 from spix.trainer.embedding import EmbeddingMoments
-from spix.trainer.feed import crop_settings, ray_batches, training_plan, validation_samples
+from spix.trainer.feed import crop_settings, ray_batches, training_plan, worker_samples
 from spix.trainer.loop import (
     EpochTotals,
     StepFn,
+    estimate_batch_norm_statistics,
     learning_rate,
     out_of_time,
     planned_steps,
@@ -136,17 +137,38 @@ def train_worker(config_dict: dict[str, Any]) -> None:
     for epoch in range(finished_epochs, config.epochs):
         totals = run_epoch(model, batches, plan.steps_per_epoch, optimizer, train_step, lambda s: learning_rate(config, s, horizon), step)
         step += totals.steps
-        metrics, basis = epoch_metrics(model, config, epoch + 1, step, totals, device, rank, workers, basis)
-        metrics["lr"] = learning_rate(config, step - 1, horizon)
         # Rank 0's clock decides when to stop and how long the schedule still runs, for every rank alike.
         seconds, session_epochs = time.perf_counter() - started, epoch + 1 - finished_epochs
         decided = [out_of_time(config, seconds), planned_steps(config, plan.steps_per_epoch, epoch + 1, session_epochs, seconds)]
         stop, horizon = reduce_sum([float(v) if rank == 0 else 0.0 for v in decided], device)
         horizon = int(horizon)
+        last = stop > 0 or epoch + 1 == config.epochs
+        # The final model's BN statistics, before its validation and checkpoint.
+        bn_images = whole_image_batch_norm(model, config, device, rank, workers) if last else 0
+        metrics, basis = epoch_metrics(model, config, epoch + 1, step, totals, device, rank, workers, basis)
+        metrics["lr"] = learning_rate(config, step - 1, horizon)
         metrics["stopped_by_time"] = stop > 0
+        metrics["bn_images"] = bn_images
         report_epoch(model, optimizer, epoch + 1, step, metrics, config, rank, basis)
         if stop > 0:
             break
+
+
+def whole_image_batch_norm(model: torch.nn.Module, config: TrainConfig, device: torch.device, rank: int, workers: int) -> int:
+    """BN statistics of the final model from `bn_images` whole training images, each worker estimating
+    them on its share, then averaged over the workers weighted by their image counts (the same on every
+    rank, so rank 0's checkpoint holds the average of all). Returns the images used by all workers."""
+    shares = worker_samples(config.shards, "training", config.bn_images, rank, workers)
+    count = estimate_batch_norm_statistics(unwrap(model), (sample.rgb for sample in shares), device, config.amp)
+    total = int(reduce_sum([float(count)], device)[0])
+    if total == 0 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return total
+    for norm in unwrap(model).modules():
+        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+            for statistic in (norm.running_mean, norm.running_var):
+                statistic.mul_(count / total)
+                torch.distributed.all_reduce(statistic)
+    return total
 
 
 def epoch_metrics(
@@ -159,7 +181,7 @@ def epoch_metrics(
         device,
     )
     loss_sum, pos_sum, neg_sum, steps, images, wait_fraction = summed
-    samples = validation_samples(config.shards, config.val_max_images, rank, workers)
+    samples = worker_samples(config.shards, "validation", config.val_max_images, rank, workers)
     parts = gather_objects(validate(unwrap(model), samples, device, config.min_purity, config.seed, config.amp))
     val_images = sum(p.images for p in parts)
     moments = [p.moments for p in parts if p.moments is not None]

@@ -1,4 +1,5 @@
-"""Batches for the epoch loop: the Ray Data stream of a worker, the same crops in-process, validation samples.
+"""Batches for the epoch loop: the Ray Data stream of a worker, the same crops in-process, a worker's share of
+whole images (validation, BN statistics).
 
 The Ray Data stream maps the plain `crop_task` over the worker's read tasks on any CPU of the cluster
 (one task per window of row groups), keeps the planned order, and hands ready batches to the training
@@ -158,11 +159,11 @@ def stream_batches(
         yield Batch.from_columns(columns, device)
 
 
-def validation_samples(shards_uri: str, max_images: int, rank: int, workers: int) -> Iterator:
-    """This worker's share of the first `max_images` validation images: every `workers`-th, from `rank`.
+def worker_samples(shards_uri: str, split: str, max_images: int, rank: int, workers: int) -> Iterator:
+    """This worker's share of the first `max_images` images of a split: every `workers`-th, from `rank`.
 
-    A fixed share, so each image is scored by the same worker (with the same pair sample) in every run.
-    Only the worker's own rows are decoded.
+    A fixed share, so each validation image is scored by the same worker (with the same pair sample) in
+    every run. Only the worker's own rows are decoded.
     """
-    rows = islice(iter_rows(shards_uri, "validation"), max_images)
+    rows = islice(iter_rows(shards_uri, split), max_images)
     return (row_to_sample(row) for index, row in enumerate(rows) if index % workers == rank)

@@ -21,7 +21,7 @@ from torch import nn
 from spix.pipeline.shards import Sample, list_row_groups, read_manifest
 from spix.trainer.data import Batch
 from spix.trainer.embedding import EmbeddingMoments, embed_superpixels
-from spix.trainer.feed import crop_settings, local_batches, training_plan
+from spix.trainer.feed import crop_settings, local_batches, training_plan, worker_samples
 from spix.trainer.config import SUPERPIXEL_PAIRS, LossConfig, TrainConfig
 from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.metrics import image_pair_scores
@@ -180,11 +180,39 @@ def validate(
     )
 
 
+@torch.no_grad()
+def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray], device: torch.device, amp: bool = False) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on whole images, one forward pass each.
+
+    Why: the running statistics are gathered on training crops (by default mosaics of eight images'
+    strips, rescaled), while validation, `spix eval` and `spix infer` run the model in eval mode on whole
+    images. The new statistics are the plain average of the per-image ones (momentum None). Training is
+    unaffected (train mode normalises with each batch's own statistics). Returns the images used; with
+    none, the statistics are left as they were.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, was_training, count = [m.momentum for m in norms], model.training, 0
+    for rgb in images:
+        if count == 0:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None
+            model.train()
+        with autocast(device, amp):
+            model(normalize_images(torch.from_numpy(np.array(rgb, dtype=np.uint8))[None].to(device)))
+        count += 1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+    return count
+
+
 def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Module, dict[str, float]]:
     """Single-process training on a shard folder: the path for a machine without Ray, tests and benchmarks.
 
     The same plan, crops, step, schedule and epoch loop as `spix train` with one worker, the crops made in
-    this process; `config.max_minutes` ends it the same way. Returns the model and counters (epochs,
+    this process; `config.max_minutes` ends it the same way, and the BN statistics are re-estimated on
+    `config.bn_images` whole training images at the end, as there. Returns the model and counters (epochs,
     steps, seconds).
     """
     torch.manual_seed(config.seed)
@@ -206,4 +234,6 @@ def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Modu
         if out_of_time(config, seconds):
             break
         horizon = planned_steps(config, plan.steps_per_epoch, epochs, epochs, seconds)
+    calibration = worker_samples(config.shards, "training", config.bn_images, rank=0, workers=1)
+    estimate_batch_norm_statistics(model, (sample.rgb for sample in calibration), device, config.amp)
     return model, {"epochs": epochs, "steps": steps, "seconds": time.perf_counter() - start}
