@@ -36,6 +36,7 @@ from spix.trainer.feed import crop_settings, ray_batches, training_plan, worker_
 from spix.trainer.loop import (
     EpochTotals,
     StepFn,
+    batch_norm_layers,
     estimate_batch_norm_statistics,
     learning_rate,
     out_of_time,
@@ -163,11 +164,10 @@ def whole_image_batch_norm(model: torch.nn.Module, config: TrainConfig, device: 
     total = int(reduce_sum([float(count)], device)[0])
     if total == 0 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return total
-    for norm in unwrap(model).modules():
-        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
-            for statistic in (norm.running_mean, norm.running_var):
-                statistic.mul_(count / total)
-                torch.distributed.all_reduce(statistic)
+    for norm in batch_norm_layers(unwrap(model)):
+        for statistic in (norm.running_mean, norm.running_var):
+            statistic.mul_(count / total)
+            torch.distributed.all_reduce(statistic)
     return total
 
 

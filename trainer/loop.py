@@ -180,6 +180,11 @@ def validate(
     )
 
 
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of the model (their running statistics are what eval mode normalises with)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray], device: torch.device, amp: bool = False) -> int:
     """Re-estimate every BatchNorm's running mean and variance on whole images, one forward pass each.
@@ -190,7 +195,7 @@ def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray
     unaffected (train mode normalises with each batch's own statistics). Returns the images used; with
     none, the statistics are left as they were.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norm_layers(model)
     momenta, was_training, count = [m.momentum for m in norms], model.training, 0
     for rgb in images:
         if count == 0:
