@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import tomllib
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,13 @@ from PIL import Image
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 SPIX = [sys.executable, "-m", "spix"]
+CALIBRATED = Path(__file__).with_name("calibrated.toml")  # the training recipe the learning tests' margins were measured with
+
+
+def calibrated_recipe() -> dict[str, Any]:
+    """calibrated.toml's [train] settings, as overrides of train_config: the in-process learning tests
+    train with the same recipe as the CLI runs that pass `--config calibrated.toml`."""
+    return tomllib.loads(CALIBRATED.read_text())["train"]
 
 
 def run_spix(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:

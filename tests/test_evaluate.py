@@ -20,6 +20,7 @@ from helpers import (
     brute_force_majority,
     brute_force_pairs,
     brute_force_segmentation,
+    calibrated_recipe,
     run_spix,
 )
 from spix.pipeline.shards import Sample, iter_samples, read_manifest
@@ -290,7 +291,7 @@ def trained_run(toy_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     torch.set_num_threads(2)
     model, _ = train_without_ray(train_config(shards=str(toy_shards), out="", workers=1, epochs=10, batch_size=4, crop=64, lr=1e-3,
                                               schedule="constant", warmup_steps=0, preset="tiny", seed=0, gpu=False,
-                                              mosaic=1, scale_range=(0.5, 1.5)))  # the recipe of the measurements above
+                                              **calibrated_recipe()))  # the recipe of the measurements above
     manifest = read_manifest(str(toy_shards))
     write_final_model(run, model.state_dict(), model_meta("tiny", 128, manifest["params"], manifest["class_names"], {}))
     records = [{"epoch": e, "step": 3 * e, "train_loss": 1.0 / (e + 1), "val_loss": 1.1 / (e + 1), "val_pair_auc": 0.6}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SPIX, cli, run_spix
+from helpers import CALIBRATED, SPIX, cli, run_spix
 from spix.pipeline.shards import iter_samples
 from spix.trainer.checkpoint import load_model
 from spix.trainer.config import train_config
@@ -22,7 +22,6 @@ from spix.trainer.loop import estimate_batch_norm_statistics, train_without_ray,
 from spix.trainer.metrics import pair_scores_auc
 from spix.trainer.model import build_model
 
-CALIBRATED = Path(__file__).with_name("calibrated.toml")  # the recipe the margins below were measured with
 TINY = ["--preset", "tiny", "--crop", "64", "--batch-size", "4", "--lr", "0.001", "--workers", "2", "--config", str(CALIBRATED)]
 
 
