@@ -37,7 +37,7 @@ from spix.trainer.loop import (
     EpochTotals,
     StepFn,
     batch_norm_layers,
-    estimate_batch_norm_statistics,
+    estimate_on_training_images,
     learning_rate,
     out_of_time,
     planned_steps,
@@ -159,8 +159,7 @@ def whole_image_batch_norm(model: torch.nn.Module, config: TrainConfig, device: 
     """BN statistics of the final model from `bn_images` whole training images, each worker estimating
     them on its share, then averaged over the workers weighted by their image counts (the same on every
     rank, so rank 0's checkpoint holds the average of all). Returns the images used by all workers."""
-    shares = worker_samples(config.shards, "training", config.bn_images, rank, workers)
-    count = estimate_batch_norm_statistics(unwrap(model), (sample.rgb for sample in shares), device, config.amp)
+    count = estimate_on_training_images(unwrap(model), config, device, rank, workers)
     total = int(reduce_sum([float(count)], device)[0])
     if total == 0 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return total

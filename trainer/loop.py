@@ -212,6 +212,14 @@ def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray
     return count
 
 
+def estimate_on_training_images(model: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0, workers: int = 1) -> int:
+    """The final model's BN statistics from this worker's share of the first `config.bn_images` training
+    images (estimate_batch_norm_statistics); the one choice of images for `spix train` and train_without_ray.
+    Returns the images this worker used."""
+    shares = worker_samples(config.shards, "training", config.bn_images, rank, workers)
+    return estimate_batch_norm_statistics(model, (sample.rgb for sample in shares), device, config.amp)
+
+
 def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Module, dict[str, float]]:
     """Single-process training on a shard folder: the path for a machine without Ray, tests and benchmarks.
 
@@ -239,6 +247,5 @@ def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Modu
         if out_of_time(config, seconds):
             break
         horizon = planned_steps(config, plan.steps_per_epoch, epochs, epochs, seconds)
-    calibration = worker_samples(config.shards, "training", config.bn_images, rank=0, workers=1)
-    estimate_batch_norm_statistics(model, (sample.rgb for sample in calibration), device, config.amp)
+    estimate_on_training_images(model, config, device)
     return model, {"epochs": epochs, "steps": steps, "seconds": time.perf_counter() - start}
