@@ -14,9 +14,14 @@ Also (c) with --nondeterministic: the cost of keeping the planned order.
     between idle steps of Ray Data's scheduling loop (trainer/feed.py, pause_when_idle).
 (f) the step alone (one thread) on the same crops with their superpixel columns padded to the run's
     slots (the most superpixels of any image, as before `trim_slots`) and trimmed to each batch's
-    largest crop, for the superpixel loss and its superpixel-batch variant.
+    largest crop, for the superpixel loss and its superpixel-batch variant; one image per crop (--mosaic 1),
+    since with mosaic crops padded superpixel-batch pair matrices do not fit in memory.
 (g) what mosaic crops cost (--mosaic, trainer/data.py mosaic_windows): (b)'s crops in one process and (a)'s
     step on one thread with the run's mosaic against one image per crop.
+(h) the memory layout of the model's input (which a convolution keeps through the network): (a)'s step on
+    one thread with the images fed NCHW-contiguous and channels_last; `normalize_images` gives channels_last.
+(i) without a GPU only: (a)'s step on one thread in float32 and under bf16 autocast, which `spix train` uses
+    on CPUs with native bf16 (AVX512-BF16 or AMX; model.cpu_runs_bf16).
 
 Run: python benchmarks/train_throughput.py [--images 96] [--epochs 3] [--preset tiny] [--crop 128]
      [--batch-size 4] [--workers 1] [--gpu]
@@ -44,7 +49,7 @@ from spix.trainer.data import Batch, crop_task
 from spix.trainer.distributed import read_metrics, run_training
 from spix.trainer.feed import crop_settings, local_batches, rebatch, stream_batches, training_plan
 from spix.trainer.loop import step_function
-from spix.trainer.model import build_model
+from spix.trainer.model import build_model, cpu_runs_bf16
 
 
 def prepare_shards(base: Path, images: int, min_side: int, max_side: int) -> Path:
@@ -55,9 +60,24 @@ def prepare_shards(base: Path, images: int, min_side: int, max_side: int) -> Pat
     return base / "shards"
 
 
-def step_alone(config: TrainConfig, device: torch.device, threads: int, steps: int, padded: bool = False) -> float:
+class InputLayout(torch.nn.Module):
+    """(h) The model with its input moved to one memory layout, whatever `normalize_images` gave."""
+
+    def __init__(self, model: torch.nn.Module, layout: torch.memory_format):
+        super().__init__()
+        self.model, self.layout = model, layout
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.contiguous(memory_format=self.layout))
+
+
+def step_alone(
+    config: TrainConfig, device: torch.device, threads: int, steps: int, padded: bool = False,
+    layout: torch.memory_format | None = None,
+) -> float:
     """(a) images/s of spix's training step on batches made beforehand and already on the device;
-    (f) with `padded`, their superpixel columns left at the run's slots instead of trimmed."""
+    (f) with `padded`, their superpixel columns left at the run's slots instead of trimmed;
+    (h) with `layout`, the model's input in that memory layout."""
     torch.set_num_threads(threads)
     groups = list_row_groups(config.shards, "training")
     plan = training_plan(config, groups, workers=1)
@@ -71,6 +91,8 @@ def step_alone(config: TrainConfig, device: torch.device, threads: int, steps: i
     model = build_model(config.preset).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if layout is not None:
+        model = InputLayout(model, layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     step = step_function(config, device)
     for batch in batches[:2]:
@@ -165,7 +187,7 @@ def main() -> None:
         config = train_config(
             shards=str(shards), out="", workers=args.workers, epochs=args.epochs, max_minutes=0.0,
             preset=args.preset or "auto", crop=args.crop or 0,  # auto: paper and 224 on a GPU, cpu and 128 on CPUs
-            batch_size=args.batch_size or (32 if gpu else 4), gpu=gpu, amp=gpu, val_max_images=0,
+            batch_size=args.batch_size or (32 if gpu else 4), gpu=gpu, val_max_images=0,
         )
         results: dict[str, float] = {}
         results["step_1_thread"] = step_alone(config, device, 1, steps=12)
@@ -179,11 +201,18 @@ def main() -> None:
         results["train_long_spinning"], _ = train_end_to_end(longer, base / "run_spinning", pause_idle=False)
         for loss in ("superpixel", "superpixel-batch"):
             for padded in (True, False):
+                # One image per crop: the run's slots are the most superpixels of one image times --mosaic, and
+                # with 8 strips the padded superpixel-batch pair matrices alone need tens of GB (the trimmed: MB).
                 results[f"step_{loss}_{'padded' if padded else 'trimmed'}"] = step_alone(
-                    replace(config, loss=loss), device, 1, steps=12, padded=padded)
+                    replace(config, loss=loss, mosaic=1), device, 1, steps=12, padded=padded)
         one_image = replace(config, mosaic=1)
         results["crops_one_image"] = crops_alone(one_image)
         results["step_one_image"] = step_alone(one_image, device, 1, steps=12)
+        for name, layout in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            results[f"step_{name}"] = step_alone(config, device, 1, steps=12, layout=layout)
+        if not gpu:
+            for amp in (False, True):
+                results[f"step_{'bf16' if amp else 'float32'}"] = step_alone(replace(config, amp=amp), device, 1, steps=12)
         if not gpu:
             data_rate = results["crops_one_process"] * max(1, cores - config.workers)
             for label, factor in (("fast", 2.0), ("slow", 0.5)):
@@ -223,12 +252,17 @@ def report(config: TrainConfig, cores: int, r: dict[str, float], gpu: bool) -> N
           f"{r['train_long_spinning']:8.1f} without: {r['train_long_paused'] / r['train_long_spinning']:.2f}x")
     for loss in ("superpixel", "superpixel-batch"):
         padded, trimmed = r[f"step_{loss}_padded"], r[f"step_{loss}_trimmed"]
-        print(f"(f) step alone, 1 thread, --loss {loss}: {padded:8.1f} images/s padded to the run's slots, "
+        print(f"(f) step alone, 1 thread, --loss {loss}, --mosaic 1: {padded:8.1f} images/s padded to the run's slots, "
               f"{trimmed:8.1f} trimmed: {trimmed / padded:.2f}x")
     crops, step = r["crops_one_process"], r["step_1_thread"]
     print(f"(g) --mosaic {config.mosaic} against 1: crops {crops:.1f} vs {r['crops_one_image']:.1f} images/s "
           f"({crops / r['crops_one_image']:.2f}x), step alone on 1 thread {step:.1f} vs {r['step_one_image']:.1f} "
           f"({step / r['step_one_image']:.2f}x)")
+    print(f"(h) model input layout, step alone on 1 thread: channels_last {r['step_channels_last']:.1f}, NCHW-contiguous "
+          f"{r['step_contiguous']:.1f} images/s ({r['step_channels_last'] / r['step_contiguous']:.2f}x)")
+    if not gpu:
+        print(f"(i) step alone on 1 thread: bf16 autocast {r['step_bf16']:.1f}, float32 {r['step_float32']:.1f} images/s "
+              f"({r['step_bf16'] / r['step_float32']:.2f}x); this CPU has native bf16: {cpu_runs_bf16()}")
     print(json.dumps(r))
 
 

@@ -13,6 +13,7 @@ from helpers import run_spix
 from spix.cli.config import resolve, shown
 from spix.configs import SettingsError, build, default_config, defaults
 from spix.pipeline.preprocess import PreprocessParams
+import spix.trainer.model
 from spix.trainer.config import TrainConfig, make_train_config
 from spix.trainer.evaluate import EvalSettings
 
@@ -53,6 +54,14 @@ def test_typed_settings_are_built_from_their_section_alone(cls: type, section: s
             assert field.default is not dataclasses.MISSING, f"{cls.__name__}.{field.name} has no setting and no value"
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bf16_autocast_on_cpu_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    monkeypatch.setattr(spix.trainer.model, "cpu_runs_bf16", lambda: native_bf16)
+    values = {**defaults("train"), "gpu": False}
+    assert make_train_config({**values, "amp": True}).amp is native_bf16, "emulated bf16 is slower than float32"
+    assert make_train_config({**values, "amp": False}).amp is False
+
+
 def test_train_settings_come_from_the_section_and_auto_picks_by_device() -> None:
     values = {**defaults("train"), "gpu": False}
     config = make_train_config(values)
@@ -63,7 +72,8 @@ def test_train_settings_come_from_the_section_and_auto_picks_by_device() -> None
     assert (on_gpu.preset, on_gpu.crop) == ("paper", 224), "the paper's model and crop on GPUs"
     assert (on_cpu.preset, on_cpu.crop) == ("cpu", 128)
     assert make_train_config({**values, "preset": "tiny", "crop": 96, "gpu": True}).crop == 96, "a crop given is kept"
-    assert make_train_config({**values, "gpu": False, "amp": True}).amp is False, "bf16 autocast only on a GPU"
+    assert make_train_config({**values, "gpu": True, "amp": True}).amp is True
+    assert make_train_config({**values, "gpu": True, "amp": False}).amp is False, "--no-amp: float32 everywhere"
     with pytest.raises(ValueError, match="more strips than the 128-pixel crop"):
         make_train_config({**values, "crop": 0, "mosaic": 129})  # checked against the crop "auto" picks
     assert make_train_config({**values, "crop": 0, "mosaic": 128}).mosaic == 128

@@ -22,6 +22,7 @@ from spix.trainer.loop import (
     out_of_time,
     planned_steps,
     run_epoch,
+    train_step,
     validate,
 )
 from spix.trainer.model import build_model, normalize_images
@@ -85,6 +86,27 @@ def test_run_epoch_sums_the_step_statistics_and_measures_the_wait_for_data() -> 
     assert (totals.loss_sum, totals.pos_dist_sum, totals.neg_dist_sum) == (4.0, 8.0, 8.0)
     assert rates == pytest.approx([1.0, 1.1, 1.2, 1.3]), "the rate of each global step, set before it"
     assert 0.2 <= totals.data_wait_s <= totals.seconds and totals.peak_memory_bytes == 0
+
+
+def test_the_bf16_step_on_a_cpu_follows_the_float32_step() -> None:
+    """spix train runs bf16 autocast on CPUs with native bf16 (model.cpu_runs_bf16); its loss and gradient must
+    be the float32 step's up to bf16 rounding (elsewhere the same autocast is emulated, so this runs anywhere).
+    The gradient of another batch is the yardstick: bf16 stays far closer to float32 than that."""
+
+    def loss_and_gradient(amp: bool, batch: Batch) -> tuple[float, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model("tiny", dim=8)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the gradients stay readable
+        stats = train_step(model, batch, optimizer, LossConfig("superpixel", 0, 0.5), amp=amp)
+        return stats[0].item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    loss32, grad32 = loss_and_gradient(False, tiny_batch(5))
+    loss16, grad16 = loss_and_gradient(True, tiny_batch(5))
+    _, other_batch = loss_and_gradient(False, tiny_batch(6))
+    cosine = torch.nn.functional.cosine_similarity
+    assert loss16 == pytest.approx(loss32, rel=0.01)
+    assert cosine(grad16, grad32, dim=0) > 0.95 and cosine(other_batch, grad32, dim=0) < 0.5  # measured 0.975, 0.25
+    assert (grad16 - grad32).norm() < 0.3 * grad32.norm()  # measured 0.22
 
 
 @pytest.mark.parametrize("name, pairs", [("superpixel", "image"), ("superpixel-batch", "batch"), ("superpixel-both", "both")])

@@ -70,7 +70,7 @@ class TrainConfig:
     scale_range: tuple[float, ...]  # (min, max) random rescale of a training crop's source window
     mosaic: int  # images per training crop, in vertical strips (data.mosaic_windows); 1 = one image
     gpu: bool  # one GPU per worker, NCCL
-    amp: bool  # bf16 autocast (GPU only)
+    amp: bool  # bf16 autocast (on a GPU, or a CPU with native bf16)
     seed: int  # weights, crops, shuffling, pair sampling
     shuffle_window: int  # row groups whose images are shuffled together
     prefetch_batches: int  # ready batches kept ahead of the training step
@@ -85,13 +85,17 @@ class TrainConfig:
 
 def make_train_config(values: Mapping[str, Any]) -> TrainConfig:
     """TrainConfig from merged settings whose "gpu" is already decided: preset "auto" and crop 0 pick the
-    GPU or the CPU choice, and bf16 autocast only runs on a GPU. ValueError (SettingsError for a value of the
-    wrong type) when the mosaic has more strips than the crop has pixel columns (known only here, once
-    crop 0 is resolved), or for a scale range that is not [min, max] with 0 < min <= max, or a negative bn_images."""
+    GPU or the CPU choice, and bf16 autocast runs on a GPU or on a CPU with native bf16 (model.cpu_runs_bf16).
+    ValueError (SettingsError for a value of the wrong type) when the mosaic has more strips than the crop
+    has pixel columns (known only here, once crop 0 is resolved), or for a scale range that is not
+    [min, max] with 0 < min <= max, or a negative bn_images."""
     gpu = bool(values["gpu"])
     preset = values["preset"] if values["preset"] != "auto" else (GPU_PRESET if gpu else CPU_PRESET)
     crop = values["crop"] or (GPU_CROP if gpu else CPU_CROP)
-    config = build(TrainConfig, {**values, "gpu": gpu, "amp": bool(values["amp"]) and gpu, "preset": preset, "crop": crop})
+    from spix.trainer.model import cpu_runs_bf16  # here, not at the top: reading settings needs no torch
+
+    amp = bool(values["amp"]) and (gpu or cpu_runs_bf16())
+    config = build(TrainConfig, {**values, "gpu": gpu, "amp": amp, "preset": preset, "crop": crop})
     if config.mosaic > config.crop:
         raise ValueError(f"--mosaic {config.mosaic} is more strips than the {config.crop}-pixel crop has columns")
     if len(config.scale_range) != 2 or not 0 < config.scale_range[0] <= config.scale_range[1]:
