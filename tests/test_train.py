@@ -97,7 +97,8 @@ def test_training_raises_the_validation_pair_auc(trained_run: Path, train_shards
 @pytest.mark.slow
 def test_the_final_bn_statistics_are_those_of_whole_training_images_from_both_workers(trained_run: Path, train_shards: Path) -> None:
     """Each of the 2 workers estimates them on its half of the first 32 (bn_images) training images, then
-    they are averaged: the same as one pass over all 32 with the saved weights. Only the last epoch does it."""
+    they are averaged: the same as one pass over all 32 with the saved weights, in float32 on a CPU (the
+    precision of spix eval and infer there) even where training ran bf16. Only the last epoch does it."""
     model, _ = load_model(trained_run)
     saved = {k: v.clone() for k, v in model.state_dict().items() if ".running_" in k}
     images = (sample.rgb for sample in islice(iter_samples(str(train_shards), "training"), 32))

@@ -215,9 +215,12 @@ def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray
 def estimate_on_training_images(model: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0, workers: int = 1) -> int:
     """The final model's BN statistics from this worker's share of the first `config.bn_images` training
     images (estimate_batch_norm_statistics); the one choice of images for `spix train` and train_without_ray.
+    The statistics are taken at the precision the model is used at afterwards: bf16 on a GPU (with --amp),
+    float32 on a CPU, where `spix eval` and `spix infer` run in float32 even if training ran bf16.
     Returns the images this worker used."""
     shares = worker_samples(config.shards, "training", config.bn_images, rank, workers)
-    return estimate_batch_norm_statistics(model, (sample.rgb for sample in shares), device, config.amp)
+    amp = config.amp and device.type == "cuda"
+    return estimate_batch_norm_statistics(model, (sample.rgb for sample in shares), device, amp)
 
 
 def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Module, dict[str, float]]:
