@@ -4,7 +4,9 @@ In one run, on the same images, model and cores:
 - forward: the model's forward pass alone, in a fresh process (decoded images, no SLIC, no pooling, no pictures,
   no files; on a GPU bf16 and same-size stacks of --batch-size, as the model actor runs it). The ceiling.
 - `spix infer` with the default outputs, and `spix infer --outputs embeddings`, each as a user runs it (a fresh
-  process with its own Ray), throughput after Ray's start, and their ratios to the ceiling.
+  process with its own Ray), throughput after Ray's start, and their ratios to the ceiling; and that time split
+  into the model actors' start-up (process, imports, CUDA, the model; until the first is ready) and the
+  pace after it, which is what a long run approaches (with few images the start-up dominates).
 - where `spix infer`'s time goes per image, from the stage timings it records in infer.json: decode, SLIC,
   forward (with pooling), post-processing (principal components, guided filters, k-means, soft layers,
   quantisation, copies to the host), writing (encoding and files), and the share of post-processing + writing
@@ -137,6 +139,9 @@ def main() -> None:
         ratios = [rate / ceiling for rate, ceiling in zip(rates, forward)]
         print(f"spix infer --outputs {outputs[name]:<31} {spread(rates)} images/s after Ray start; "
               f"/ forward {spread(ratios)}; end to end {spread([s['images_per_s'] for s in infer[name]])} images/s")
+        steady = [s["images_per_s_after_ready"] for s in infer[name]]
+        print(f"    model ready after {spread([s['model_ready_s'] for s in infer[name]])} s (the actors' start-up), "
+              f"then {spread(steady)} images/s; / forward {spread([a / b for a, b in zip(steady, forward)])}")
     for name in outputs:
         per_image = [1.0 / s["images_per_s_after_start"] for s in infer[name]]
         stages = {stage: [s["stage_s_per_image"][stage] for s in infer[name]] for stage in STAGES}

@@ -166,6 +166,14 @@ def train_end_to_end(config: TrainConfig, run: Path, make_step=step_function, pa
     return (sum(m["images_per_s"] for m in steady) / len(steady), sum(m["data_wait"] for m in steady) / len(steady))
 
 
+class MeasuredSoFar(dict):
+    """The measurements, each printed as it is taken, so a run cut short (a device's time limit) keeps them."""
+
+    def __setitem__(self, key: str, value: float) -> None:
+        super().__setitem__(key, value)
+        print(f"  {key}: {value:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=96)
@@ -189,7 +197,7 @@ def main() -> None:
             preset=args.preset or "auto", crop=args.crop or 0,  # auto: paper and 224 on a GPU, cpu and 128 on CPUs
             batch_size=args.batch_size or (32 if gpu else 4), gpu=gpu, val_max_images=0,
         )
-        results: dict[str, float] = {}
+        results: dict[str, float] = MeasuredSoFar()
         results["step_1_thread"] = step_alone(config, device, 1, steps=12)
         results[f"step_{cores}_threads"] = step_alone(config, device, cores, steps=12)
         results["crops_one_process"] = crops_alone(config)
@@ -213,7 +221,6 @@ def main() -> None:
         if not gpu:
             for amp in (False, True):
                 results[f"step_{'bf16' if amp else 'float32'}"] = step_alone(replace(config, amp=amp), device, 1, steps=12)
-        if not gpu:
             data_rate = results["crops_one_process"] * max(1, cores - config.workers)
             for label, factor in (("fast", 2.0), ("slow", 0.5)):
                 wait = config.batch_size / (factor * data_rate)

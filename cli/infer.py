@@ -112,7 +112,8 @@ def report(summary: InferSummary, out_dir: Path) -> None:
             f"images: {summary.inputs} | done: {summary.done} | already done: {summary.already_done} | "
             f"skipped: {summary.skipped} | failed: {summary.failed} | unreadable before: {summary.broken_before} | "
             f"seconds: {summary.seconds:.1f} (Ray start {summary.ray_start_s:.1f}, basis {summary.basis_s:.1f}) | "
-            f"images/s: {summary.images_per_s:.2f} | nodes: {len(summary.nodes)}"
+            f"images/s: {summary.images_per_s:.2f} (model ready after {summary.model_ready_s:.1f} s, then "
+            f"{summary.images_per_s_after_ready:.2f}/s) | nodes: {len(summary.nodes)}"
         )
         if summary.done:
             per_image = (f"{name.removesuffix('_s')} {summary.stage_s.get(name, 0.0) / summary.done:.3f}" for name in STAGE_TIMES)

@@ -33,6 +33,7 @@ from spix.pipeline.cluster import node_id
 from spix.pipeline.imageio import BadInputError
 from spix.pipeline.superpixels import compute_superpixels
 from spix.trainer.checkpoint import load_model
+from spix.trainer.model import runs_bf16_at_inference
 from spix.trainer.probe import LinearProbe
 
 # Ray Data loggers that only announce start and finish (the "ray.data" logger itself is reset by Ray at every
@@ -92,16 +93,18 @@ class ModelStage:
         # Stacking helps a GPU; on CPUs it only multiplies memory (about 4-5 GB per megapixel for the paper model).
         self.step = InferenceStep(
             model, self.device, config, FeatureBasis.from_record(basis, meta["dim"], "basis") if basis else None,
-            probe, amp=gpu, max_stack=None if gpu else 1, post_threads=None if gpu else 1,
+            probe, amp=runs_bf16_at_inference(self.device), max_stack=None if gpu else 1, post_threads=None if gpu else 1,
         )
         self.columns = result_columns(config.kinds)
         self.node = node_id()
+        self.ready_at = time.time()  # wall clock (the driver's is another process's): the end of this actor's start-up
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         size = len(batch["relpath"])
         out = {key: list(batch[key]) for key in self.PASSED_ON}
         out.update({column: [EMPTY[column]] * size for column in self.columns})
-        out.update(forward_s=[0.0] * size, post_s=[0.0] * size, nodes=[f"{nodes},{self.node}" for nodes in batch["nodes"]])
+        out.update(forward_s=[0.0] * size, post_s=[0.0] * size, nodes=[f"{nodes},{self.node}" for nodes in batch["nodes"]],
+                   model_ready=[self.ready_at] * size)
         ready = [i for i in range(size) if batch["status"][i] == "ok"]
         results = self.run([batch["rgb"][i] for i in ready], [batch["superpixels"][i] for i in ready])
         for i, result in zip(ready, results):
@@ -148,7 +151,8 @@ def write_row(row: dict[str, Any], out: str, kinds: tuple[str, ...]) -> dict[str
             status, reason = "failed", f"writing: {type(exc).__name__}: {exc}"
     times = {name: float(row.get(name, 0.0)) for name in STAGE_TIMES}
     times["write_s"] = time.perf_counter() - start if status == "ok" else 0.0
-    return {"relpath": str(row["relpath"]), "status": status, "reason": reason, "nodes": f"{row['nodes']},{node_id()}", **times}
+    return {"relpath": str(row["relpath"]), "status": status, "reason": reason, "nodes": f"{row['nodes']},{node_id()}",
+            "model_ready": float(row["model_ready"]), **times}
 
 
 # ----------------------------------------------------------------------------- the job

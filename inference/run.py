@@ -53,6 +53,8 @@ class InferSummary:
     ray_started: bool = False
     ray_start_s: float = 0.0
     basis_s: float = 0.0  # fitting the run-wide basis on the first images, when the model brings none
+    model_ready_s: float = 0.0  # from the job's start until the first model actor had loaded the model (process, imports, CUDA)
+    images_per_s_after_ready: float = 0.0  # the job's pace after that: what a long run approaches
     stage_s: dict[str, float] = field(default_factory=dict)  # summed over this run's finished images
     nodes: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -233,8 +235,21 @@ def process(
                 return None
         if todo:
             config = step_config(plan.kinds, **asdict(params))
-            collect(run_job([items[r] for r in todo], out, params, options, config, basis, probe, on_progress), todo, folder, summary)
+            job_start = time.time()
+            rows = run_job([items[r] for r in todo], out, params, options, config, basis, probe, on_progress)
+            record_pace(rows, job_start, time.time(), summary)
+            collect(rows, todo, folder, summary)
     return basis
+
+
+def record_pace(rows: list[dict[str, Any]], job_start: float, job_end: float, summary: InferSummary) -> None:
+    """Split the job's time (wall clock) into the model actors' start-up (until the first actor has loaded the
+    model) and the pace after it, so a short run's throughput is not read as the steady one."""
+    ready = [row["model_ready"] for row in rows if row["status"] == "ok"]
+    if not ready:
+        return
+    summary.model_ready_s = min(ready) - job_start
+    summary.images_per_s_after_ready = len(ready) / (job_end - min(ready)) if job_end > min(ready) else 0.0
 
 
 def run_infer(

@@ -13,7 +13,7 @@ from helpers import run_spix
 from spix.cli.config import resolve, shown
 from spix.configs import SettingsError, build, default_config, defaults
 from spix.pipeline.preprocess import PreprocessParams
-import spix.trainer.model
+from spix.trainer import model as trainer_model
 from spix.trainer.config import TrainConfig, make_train_config
 from spix.trainer.evaluate import EvalSettings
 
@@ -56,7 +56,7 @@ def test_typed_settings_are_built_from_their_section_alone(cls: type, section: s
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_bf16_autocast_on_cpu_only_where_the_cpu_has_native_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
-    monkeypatch.setattr(spix.trainer.model, "cpu_runs_bf16", lambda: native_bf16)
+    monkeypatch.setattr(trainer_model, "cpu_runs_bf16", lambda: native_bf16)
     values = {**defaults("train"), "gpu": False}
     assert make_train_config({**values, "amp": True}).amp is native_bf16, "emulated bf16 is slower than float32"
     assert make_train_config({**values, "amp": False}).amp is False

@@ -25,6 +25,7 @@ from spix.inference.filters import GuidedFilter, smoothing_radius
 from spix.inference.inputs import default_out, list_inputs
 from spix.inference.job import actor_layout, model_threads
 from spix.inference.outputs import output_files, output_names, read_embeddings, read_soft_layers
+from spix.inference.run import InferSummary, record_pace
 from spix.inference.pictures import feature_picture, soft_layers, soft_memberships, superpixel_areas
 from spix.inference.settings import OUTPUT_KINDS, InferInputError, parse_outputs
 from spix.inference.step import InferenceStep, step_config
@@ -237,6 +238,24 @@ def test_summary_counts_every_input_and_ray_says_nothing(infer_run: dict) -> Non
     assert not noise, noise
     stages = infer_run["record"]["summary"]["stage_s_per_image"]
     assert all(stages[name] > 0 for name in ("decode_s", "slic_s", "forward_s", "post_s", "write_s")), stages
+    # The start-up and the pace after it fit inside the run's measured seconds, and the model actor was ready
+    # before the first image could have been through the model.
+    summary = infer_run["record"]["summary"]
+    after_ready = summary["done"] / summary["images_per_s_after_ready"]
+    assert 0 < summary["model_ready_s"]
+    assert summary["ray_start_s"] + summary["basis_s"] + summary["model_ready_s"] + after_ready <= summary["seconds"]
+    assert after_ready >= summary["done"] * stages["forward_s"]  # one actor: its forward passes come one after another
+
+
+def test_the_pace_after_start_up_counts_finished_images_from_the_first_ready_actor() -> None:
+    rows = [{"status": "ok", "model_ready": 102.0}, {"status": "ok", "model_ready": 101.0},
+            {"status": "failed", "model_ready": 100.0}, {"status": "ok", "model_ready": 101.0}]
+    summary = InferSummary(inputs=4)
+    record_pace(rows, job_start=98.0, job_end=107.0, summary=summary)
+    assert summary.model_ready_s == 3.0  # the earliest actor that finished an image
+    assert summary.images_per_s_after_ready == 3 / 6.0
+    record_pace([{"status": "failed", "model_ready": 0.0}], 98.0, 107.0, empty := InferSummary(inputs=1))
+    assert (empty.model_ready_s, empty.images_per_s_after_ready) == (0.0, 0.0)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from helpers import CALIBRATED, SPIX, cli, run_spix
 from spix.pipeline.shards import iter_samples
 from spix.trainer.checkpoint import load_model
 from spix.trainer.config import train_config
+from spix.trainer.distributed import TrainingInputError, check_cluster_fits
 from spix.trainer.loop import estimate_batch_norm_statistics, train_without_ray, validate
 from spix.trainer.metrics import pair_scores_auc
 from spix.trainer.model import build_model
@@ -206,3 +207,18 @@ def test_bad_input_gets_one_clear_line(train_shards: Path, tmp_path: Path) -> No
         result = cli("train", *args, "--preset", "tiny")
         assert result.exit_code == 1, (name, result.stderr)
         assert message in result.stderr and result.stderr.strip().count("\n") == 0, (name, result.stderr)
+    # After Ray's start, in a fresh process: workers that Ray Train could never place (it would wait without end).
+    no_gpu = run_spix("train", "--shards", str(train_shards), "--out", str(tmp_path / "gpu"), "--gpu", "--workers", "1",
+                      "--preset", "tiny", timeout=120)
+    assert no_gpu.returncode == 1 and "--gpu: Ray sees no GPU" in no_gpu.stderr, no_gpu.stderr
+
+
+def test_training_workers_must_fit_the_cluster_or_ray_train_would_wait_forever() -> None:
+    config = train_config(shards="s", out="o", workers=2, gpu=True)
+    with pytest.raises(TrainingInputError, match="needs 2 GPUs .* Ray sees 1: pass --workers 1"):
+        check_cluster_fits(config, {"CPU": 16.0, "GPU": 1.0})
+    check_cluster_fits(config, {"CPU": 16.0, "GPU": 2.0})
+    on_cpus = train_config(shards="s", out="o", workers=2, gpu=False)
+    with pytest.raises(TrainingInputError, match="needs 3 CPUs .* Ray sees 2"):
+        check_cluster_fits(on_cpus, {"CPU": 2.0})
+    check_cluster_fits(on_cpus, {"CPU": 3.0})

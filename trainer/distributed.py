@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from spix.trainer.loop import (
     validate,
 )
 from spix.trainer.metrics import pair_scores_auc
-from spix.trainer.model import build_model
+from spix.trainer.model import build_model, runs_bf16_at_inference
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
@@ -181,7 +181,7 @@ def epoch_metrics(
     )
     loss_sum, pos_sum, neg_sum, steps, images, wait_fraction = summed
     samples = worker_samples(config.shards, "validation", config.val_max_images, rank, workers)
-    parts = gather_objects(validate(unwrap(model), samples, device, config.min_purity, config.seed, config.amp))
+    parts = gather_objects(validate(unwrap(model), samples, device, config.min_purity, config.seed, runs_bf16_at_inference(device)))
     val_images = sum(p.images for p in parts)
     moments = [p.moments for p in parts if p.moments is not None]
     if moments:
@@ -268,6 +268,7 @@ def run_training(
     """
     import threading
 
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -283,6 +284,7 @@ def run_training(
     config = TrainConfig(**{**asdict(config), "out": str(run_dir), "shards": absolute_uri(config.shards)})
     groups = list_row_groups(config.shards, "training")
     init_ray(address, num_cpus=local_cpus(config))
+    check_cluster_fits(config, ray.cluster_resources())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"train": asdict(config), "groups": groups, "manifest": manifest, "make_step": make_step,
@@ -324,6 +326,22 @@ def run_training(
 
 def absolute_uri(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def check_cluster_fits(config: TrainConfig, resources: Mapping[str, float]) -> None:
+    """Ray Train waits without end for workers it cannot place (`spix train --gpu` with the default two workers
+    on a one-GPU machine would sit silent): say at once what is missing."""
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if config.gpu and gpus < config.workers:
+        raise TrainingInputError(
+            f"--workers {config.workers} on GPUs needs {config.workers} GPUs (one per worker), Ray sees {gpus:g}: "
+            f"pass --workers {int(gpus)}" if gpus >= 1 else "--gpu: Ray sees no GPU; train with --no-gpu"
+        )
+    if cpus < config.workers + 1:
+        raise TrainingInputError(
+            f"--workers {config.workers} needs {config.workers + 1} CPUs (one per worker, one for the data stream), "
+            f"Ray sees {cpus:g}: lower --workers"
+        )
 
 
 def worker_resources(config: TrainConfig) -> dict[str, float]:

@@ -31,7 +31,7 @@ from spix.trainer.metrics import (
     pair_scores_auc,
     scores_from_confusion,
 )
-from spix.trainer.model import build_model
+from spix.trainer.model import build_model, runs_bf16_at_inference
 from spix.trainer.probe import LinearProbe
 
 FeatureFn = Callable[[Sample], np.ndarray]
@@ -68,7 +68,8 @@ def untrained_model(preset: str, dim: int, seed: int, device: str | torch.device
 
 
 def network_features(model: nn.Module, device: str | torch.device) -> FeatureFn:
-    return lambda sample: embed_superpixels(model, sample.rgb, sample.superpixels, torch.device(device))
+    return lambda sample: embed_superpixels(model, sample.rgb, sample.superpixels, torch.device(device),
+                                            runs_bf16_at_inference(torch.device(device)))
 
 
 def colour_position_features(sample: Sample) -> np.ndarray:

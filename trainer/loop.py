@@ -25,7 +25,7 @@ from spix.trainer.feed import crop_settings, local_batches, training_plan, worke
 from spix.trainer.config import SUPERPIXEL_PAIRS, LossConfig, TrainConfig
 from spix.trainer.losses import pixel_npair_loss, superpixel_npair_loss
 from spix.trainer.metrics import image_pair_scores
-from spix.trainer.model import autocast, build_model, normalize_images
+from spix.trainer.model import autocast, build_model, normalize_images, runs_bf16_at_inference
 from spix.trainer.pooling import superpixel_pool
 
 StepFn = Callable[[nn.Module, Batch, torch.optim.Optimizer], torch.Tensor]
@@ -215,12 +215,10 @@ def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray
 def estimate_on_training_images(model: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0, workers: int = 1) -> int:
     """The final model's BN statistics from this worker's share of the first `config.bn_images` training
     images (estimate_batch_norm_statistics); the one choice of images for `spix train` and train_without_ray.
-    The statistics are taken at the precision the model is used at afterwards: bf16 on a GPU (with --amp),
-    float32 on a CPU, where `spix eval` and `spix infer` run in float32 even if training ran bf16.
-    Returns the images this worker used."""
+    The statistics are taken at the precision the model is used at afterwards (`runs_bf16_at_inference`:
+    float32 on a CPU even if training ran bf16). Returns the images this worker used."""
     shares = worker_samples(config.shards, "training", config.bn_images, rank, workers)
-    amp = config.amp and device.type == "cuda"
-    return estimate_batch_norm_statistics(model, (sample.rgb for sample in shares), device, amp)
+    return estimate_batch_norm_statistics(model, (sample.rgb for sample in shares), device, runs_bf16_at_inference(device))
 
 
 def train_without_ray(config: TrainConfig, device: str = "cpu") -> tuple[nn.Module, dict[str, float]]:

@@ -108,6 +108,12 @@ def cpu_runs_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def runs_bf16_at_inference(device: torch.device) -> bool:
+    """The one rule for the precision of a trained model at work (validation, the final BN statistics, `spix eval`,
+    `spix infer`): bf16 autocast on GPUs, float32 on CPUs, where bf16 only serves to train faster (--amp)."""
+    return device.type == "cuda"
+
+
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast where asked for; a no-op context otherwise."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
