@@ -36,8 +36,8 @@ def spix(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "spix", *args], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"spix {args[0]} failed:\n{result.stderr[-3000:]}")
-    print(f"  done in {time.perf_counter() - started:.0f} s: {result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''}",
-          flush=True)
+    last_line = (result.stdout.strip().splitlines() or [""])[-1]
+    print(f"  done in {time.perf_counter() - started:.0f} s: {last_line}", flush=True)
     return result
 
 

@@ -248,8 +248,9 @@ def record_pace(rows: list[dict[str, Any]], job_start: float, job_end: float, su
     ready = [row["model_ready"] for row in rows if row["status"] == "ok"]
     if not ready:
         return
-    summary.model_ready_s = min(ready) - job_start
-    summary.images_per_s_after_ready = len(ready) / (job_end - min(ready)) if job_end > min(ready) else 0.0
+    first = min(ready)
+    summary.model_ready_s = first - job_start
+    summary.images_per_s_after_ready = len(ready) / (job_end - first) if job_end > first else 0.0
 
 
 def run_infer(

@@ -332,10 +332,12 @@ def check_cluster_fits(config: TrainConfig, resources: Mapping[str, float]) -> N
     """Ray Train waits without end for workers it cannot place (`spix train --gpu` with the default two workers
     on a one-GPU machine would sit silent): say at once what is missing."""
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if config.gpu and gpus < 1:
+        raise TrainingInputError("--gpu: Ray sees no GPU; train with --no-gpu")
     if config.gpu and gpus < config.workers:
         raise TrainingInputError(
             f"--workers {config.workers} on GPUs needs {config.workers} GPUs (one per worker), Ray sees {gpus:g}: "
-            f"pass --workers {int(gpus)}" if gpus >= 1 else "--gpu: Ray sees no GPU; train with --no-gpu"
+            f"pass --workers {int(gpus)}"
         )
     if cpus < config.workers + 1:
         raise TrainingInputError(

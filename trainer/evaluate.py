@@ -68,8 +68,9 @@ def untrained_model(preset: str, dim: int, seed: int, device: str | torch.device
 
 
 def network_features(model: nn.Module, device: str | torch.device) -> FeatureFn:
-    return lambda sample: embed_superpixels(model, sample.rgb, sample.superpixels, torch.device(device),
-                                            runs_bf16_at_inference(torch.device(device)))
+    device = torch.device(device)
+    amp = runs_bf16_at_inference(device)
+    return lambda sample: embed_superpixels(model, sample.rgb, sample.superpixels, device, amp)
 
 
 def colour_position_features(sample: Sample) -> np.ndarray:
