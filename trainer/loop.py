@@ -189,7 +189,7 @@ def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
 def estimate_batch_norm_statistics(model: nn.Module, images: Iterable[np.ndarray], device: torch.device, amp: bool = False) -> int:
     """Re-estimate every BatchNorm's running mean and variance on whole images, one forward pass each.
 
-    Why: the running statistics are gathered on training crops (by default mosaics of eight images'
+    Why: the running statistics are gathered on training crops (by default mosaics of four images'
     strips, rescaled), while validation, `spix eval` and `spix infer` run the model in eval mode on whole
     images. The new statistics are the plain average of the per-image ones (momentum None). Training is
     unaffected (train mode normalises with each batch's own statistics). Returns the images used; with
